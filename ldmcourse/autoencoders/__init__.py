@@ -1,0 +1,1 @@
+"""First-stage models: autoencoders (AE), VAEs, the hierarchical NVAE and the KL autoencoder."""

@@ -1,0 +1,333 @@
+"""The ``ldmcourse`` command line: ``train``, ``sample``, ``eval``.
+
+Flags for ``train MODEL`` are generated from the model's config dataclass and from
+:class:`ldmcourse.train.FitConfig` (``ldmcourse train ae --help`` lists them). Precedence, lowest
+first: dataclass defaults < the profile's sizes < ``--config FILE`` (JSON or TOML with sections
+``model``, ``fit``, ``data``) < explicit flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .profiles import PROFILES, get_profile
+
+DATA_FIELDS = {"dataset": "mnist5k", "image_size": 32, "n_train": None, "data_root": None}
+
+
+# ----------------------------------------------------------------------------------------------
+# dataclass <-> flags
+# ----------------------------------------------------------------------------------------------
+
+def _base_type(hint: Any) -> tuple[type, bool, type | None]:
+    """(scalar type, optional?, element type for tuples) from a resolved type hint."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    optional = False
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        non_none = [a for a in args if a is not type(None)]
+        optional = len(non_none) < len(args)
+        hint = non_none[0]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (tuple, list):
+        return tuple, optional, (args[0] if args else str)
+    return hint, optional, None
+
+
+def _converter(tp: type, optional: bool):
+    def conv(s: str):
+        if optional and s.lower() in ("none", "null", "off"):
+            return None
+        if tp is bool:
+            if s.lower() in ("1", "true", "yes", "on"):
+                return True
+            if s.lower() in ("0", "false", "no", "off"):
+                return False
+            raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+        return tp(s)
+
+    conv.__name__ = tp.__name__
+    return conv
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str, taken: set[str], title: str) -> None:
+    """Add one ``--field-name`` flag per field of ``cls``; ``dest`` is ``prefix + field``.
+
+    Names already ``taken`` get ``--{prefix}-field`` instead, so nothing clashes.
+    """
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, optional, elem = _base_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        if flag in taken:
+            flag = f"--{prefix.rstrip('_')}-" + f.name.replace("_", "-")
+        taken.add(flag)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        help_ = f"(default {default!r})"
+        if elem is not None:
+            group.add_argument(flag, dest=prefix + f.name, nargs="+", type=_converter(elem, False),
+                               default=argparse.SUPPRESS, help=help_)
+        else:
+            group.add_argument(flag, dest=prefix + f.name, type=_converter(tp, optional),
+                               default=argparse.SUPPRESS, metavar=tp.__name__.upper(), help=help_)
+
+
+def _explicit(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
+
+
+def read_config_file(path: str | None) -> dict[str, dict[str, Any]]:
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.exists():
+        raise SystemExit(f"error: --config {p} does not exist")
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            cfg = tomllib.loads(p.read_text())
+        else:
+            cfg = json.loads(p.read_text())
+    except Exception as e:
+        raise SystemExit(f"error: --config {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {e}")
+    bad = set(cfg) - {"model", "fit", "data"}
+    if bad:
+        raise SystemExit(f"error: --config {p} has unknown section(s) {sorted(bad)}; use 'model', 'fit', 'data'")
+    return cfg
+
+
+def build_config(cls: type, *layers: dict[str, Any], where: str = "") -> Any:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        unknown = set(layer) - fields
+        if unknown:
+            raise SystemExit(f"error: {where}{cls.__name__} has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
+        merged.update(layer)
+    return cls(**merged)
+
+
+def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
+    return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+
+# ----------------------------------------------------------------------------------------------
+# parser
+# ----------------------------------------------------------------------------------------------
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    from .recipes import available, get_recipe
+    from .train import FitConfig
+
+    p = argparse.ArgumentParser(prog="ldmcourse", description="Latent diffusion from the ground up: train, sample, evaluate.")
+    p.add_argument("--version", action="version", version=f"ldmcourse {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model; writes DIR/checkpoint.pt, DIR/metrics.json and a picture",
+                       description="Train MODEL. `ldmcourse train MODEL --help` lists MODEL's flags.")
+    t.add_argument("model", choices=available(), help="which model")
+    t.add_argument("--dataset", default=argparse.SUPPRESS, help=f"dataset name (default {DATA_FIELDS['dataset']})")
+    t.add_argument("--image-size", dest="image_size", type=int, default=argparse.SUPPRESS, help="pad/resize to this size (default 32)")
+    t.add_argument("--n-train", dest="n_train", type=int, default=argparse.SUPPRESS, help="use a random subset of this many training images")
+    t.add_argument("--data-root", dest="data_root", default=argparse.SUPPRESS, help="download root (default ./data or $LDMCOURSE_DATA)")
+    t.add_argument("--profile", choices=PROFILES, default=None, help="smoke | cpu | gpu (default: automatic)")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly where it stopped")
+    t.add_argument("--config", default=None, help="JSON or TOML file with sections model, fit, data")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    # model-specific flags, generated from the dataclasses of the model named on the command line
+    if len(argv) > 1 and argv[0] == "train" and argv[1] in available():
+        taken = {"--dataset", "--image-size", "--n-train", "--data-root", "--profile", "--out", "--resume", "--config", "--device"}
+        add_dataclass_flags(t, FitConfig, "fit__", taken, "training (FitConfig)")
+        recipe = get_recipe(argv[1])
+        add_dataclass_flags(t, recipe.model_config, "model__", taken, f"model ({recipe.model_config.__name__})")
+
+    s = sub.add_parser("sample", help="draw samples from a trained model into a PNG grid")
+    s.add_argument("--ckpt", required=True)
+    s.add_argument("--sampler", default="ddim")
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=256, help="sample in chunks of this many (same result for the same seed)")
+    s.add_argument("--out", required=True, help="PNG file")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra sampler option, e.g. eta=0.5")
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON object as the last line")
+    e.add_argument("--ckpt", required=True)
+    e.add_argument("--metric", required=True)
+    e.add_argument("--n", type=int, default=None, help="number of test images / samples to use")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra metric option, e.g. k=1000")
+    return p
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"error: --option {pair!r} must look like KEY=VALUE")
+        k, v = pair.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------------------------
+
+def _device(name: str, profile: str | None = None) -> torch.device:
+    from .utils import resolve_device
+
+    if name == "auto" and profile == "smoke":
+        return torch.device("cpu")
+    return resolve_device(name)
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import load_dataset
+    from .recipes import get_recipe
+    from .train import FitConfig, fit
+    from .utils import save_grid
+
+    profile = get_profile(args.profile)
+    device = _device(args.device, profile)
+    recipe = get_recipe(args.model)
+    sizes = recipe.sizes.get(profile, {})
+    file_cfg = read_config_file(args.config)
+
+    data_cfg = {**DATA_FIELDS, **sizes.get("data", {}), **file_cfg.get("data", {}),
+                **{k: v for k, v in vars(args).items() if k in DATA_FIELDS}}
+    fit_cfg = build_config(FitConfig, sizes.get("fit", {}), file_cfg.get("fit", {}), _explicit(args, "fit__"), where="fit: ")
+
+    train_data = load_dataset(data_cfg["dataset"], "train", size=data_cfg["image_size"], root=data_cfg["data_root"], n=data_cfg["n_train"])
+    test_data = load_dataset(train_data.name, "test", size=data_cfg["image_size"], root=data_cfg["data_root"], download=False)
+    c, h, w = train_data[0][0].shape
+    model_layers = [sizes.get("model", {}), file_cfg.get("model", {}), _explicit(args, "model__")]
+    auto = {k: v for k, v in (("in_channels", c), ("image_size", h)) if k in {f.name for f in dataclasses.fields(recipe.model_config)}}
+    model_cfg = build_config(recipe.model_config, auto, *model_layers, where="model: ")
+    model = recipe.build(model_cfg)
+
+    meta = {
+        "kind": recipe.name, "model_config": dataclasses.asdict(model_cfg), "dataset": train_data.name,
+        "dataset_requested": data_cfg["dataset"], "image_shape": [c, h, w], "data_root": data_cfg["data_root"],
+        "n_train": len(train_data), "profile": profile, "ldmcourse": __version__,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pic_gen_seed = fit_cfg.seed + 12345
+
+    def picture_fn(m, step):
+        m.eval()
+        g = torch.Generator(device=device).manual_seed(pic_gen_seed)
+        images, name = recipe.picture(m, test_data, device, g)
+        save_grid(images, out / name, nrow=8)
+        save_grid(images, out / "pictures" / f"step{step:07d}_{name}", nrow=8)
+        picture_fn.name = name
+
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[ldmcourse] train {recipe.name} on {train_data.name} ({len(train_data)} images, {c}x{h}x{w}); "
+          f"profile={profile} device={device} params={n_params:,} steps={fit_cfg.steps} batch={fit_cfg.batch_size}")
+    res = fit(model, recipe.loss(model_cfg), train_data, fit_cfg, device=device, out_dir=out, resume=args.resume,
+              picture_fn=picture_fn, meta=meta)
+    summary: dict[str, Any] = {
+        "kind": recipe.name, "dataset": train_data.name, "profile": profile, "device": str(device),
+        "params": n_params, "steps": res.step, "train_seconds": round(res.seconds, 2),
+        "final_loss": res.history[-1]["loss"] if res.history else None,
+        "history": res.history, "fit_config": dataclasses.asdict(fit_cfg), "model_config": meta["model_config"],
+    }
+    if recipe.metrics:
+        name, fn = next(iter(recipe.metrics.items()))
+        summary["eval"] = {name: fn(res.best_model.eval(), meta, test_data, device, {})}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    print(f"[ldmcourse] wrote {out / 'checkpoint.pt'}, {out / 'metrics.json'}, {out / getattr(picture_fn, 'name', 'samples.png')}")
+    return summary
+
+
+def load_model(ckpt: str, device: torch.device, use_ema: bool = True):
+    """(model, meta, recipe) from a checkpoint written by ``ldmcourse train``."""
+    from .checkpoint import load_checkpoint
+    from .recipes import get_recipe
+
+    ck = load_checkpoint(ckpt)
+    meta = ck["meta"]
+    recipe = get_recipe(meta["kind"])
+    model = recipe.build(config_from_dict(recipe.model_config, meta["model_config"]))
+    state = ck["ema"] if use_ema and ck.get("ema") is not None else ck["model"]
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta, recipe
+
+
+def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
+    from .utils import save_grid
+
+    device = _device(args.device)
+    model, meta, recipe = load_model(args.ckpt, device)
+    if recipe.sample is None:
+        raise SystemExit(f"error: a {meta['kind']!r} model cannot sample ({recipe.description}); "
+                         "use `ldmcourse eval --metric recon`, or train a generative model (vae, ddpm, ldm)")
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    t0 = time.perf_counter()
+    x = recipe.sample(model, meta, args.n, g, device, sampler=args.sampler, steps=args.steps,
+                      batch_size=args.batch_size, **_options(args.option))
+    secs = time.perf_counter() - t0
+    save_grid(x, args.out, nrow=int(max(1, round(args.n ** 0.5))))
+    result = {"out": args.out, "n": args.n, "sampler": args.sampler, "steps": args.steps, "seconds": round(secs, 3)}
+    print(json.dumps(result))
+    return result
+
+
+def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import load_dataset
+
+    device = _device(args.device)
+    model, meta, recipe = load_model(args.ckpt, device)
+    if args.metric not in recipe.metrics:
+        raise SystemExit(f"error: metric {args.metric!r} is not defined for a {meta['kind']!r} model; "
+                         f"choose one of {', '.join(recipe.metrics) or '(none)'}")
+    test = load_dataset(meta["dataset"], "test", size=meta["image_shape"][-1], root=meta.get("data_root"), download=False)
+    if args.n is not None:
+        test = test.subset(args.n, torch.Generator().manual_seed(args.seed))
+    opts = {"seed": args.seed, **_options(args.option)}
+    result = {"metric": args.metric, "ckpt": args.ckpt, "dataset": meta["dataset"],
+              **recipe.metrics[args.metric](model, meta, test, device, opts)}
+    print(json.dumps(result))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}[args.command](args)
+    except KeyboardInterrupt:
+        print("\n[ldmcourse] interrupted; the last checkpoint written is intact (resume with --resume)", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:
+        if os.environ.get("LDMCOURSE_TRACEBACK"):
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

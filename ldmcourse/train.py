@@ -1,0 +1,333 @@
+"""``fit``: the one small training loop every model in the course uses.
+
+The network never owns the process: ``fit`` takes a model, a ``loss_fn(model, batch, generator)``
+that returns ``(loss, logs)``, and data. It provides
+
+- AdamW, linear warm-up then cosine decay of the learning rate, gradient clipping;
+- autocast (bf16 on CPU/CUDA; fp16 on CUDA with a GradScaler);
+- an EMA of the weights (what you sample from);
+- a tqdm progress bar with the loss; a JSON-lines metrics log;
+- a callback that saves a picture every N steps;
+- checkpoints every N steps, written atomically (temp file + ``os.replace``) and read back with
+  ``torch.load(weights_only=True)``;
+- ``resume=True`` continues *exactly*: data order, noise and dropout RNGs, optimiser, scaler, EMA
+  (a test trains 2N steps straight and N + resume + N: same weights);
+- a NaN/inf guard that stops with a clear message and keeps the last good checkpoint;
+- refusal to resume from a checkpoint of a different model or config.
+
+Data order is a pure function of (seed, step), so resuming needs no DataLoader state:
+epoch ``e`` uses ``randperm(N, seed + e)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset, default_collate
+
+from .checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
+
+LossFn = Callable[[nn.Module, Any, torch.Generator], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+@dataclass
+class FitConfig:
+    """How long and how to optimise. Sized per profile by each experiment (see ``profiles.for_profile``)."""
+
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup: int = 100  # linear warm-up steps, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0  # max global grad norm; None disables
+    ema_decay: float | None = 0.999  # None: no EMA
+    ema_start: int = 0  # EMA copies the weights until this step, then averages
+    amp: str = "none"  # "none" | "bf16" | "fp16" (fp16: CUDA only, uses a GradScaler)
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 0  # 0: only at the end
+    ckpt_every: int = 0  # 0: only at the end
+    progress: bool = True
+    fused_adam: bool = False  # fused AdamW kernel (CUDA only)
+
+    def __post_init__(self):
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"amp={self.amp!r}: choose 'none', 'bf16' or 'fp16'")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps ({self.steps}) and batch_size ({self.batch_size}) must be >= 1")
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf; the last good checkpoint is untouched."""
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    ema: nn.Module | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    step: int = 0
+    seconds: float = 0.0
+
+    @property
+    def best_model(self) -> nn.Module:
+        """The EMA model when there is one (what to sample from), else the trained model."""
+        return self.ema if self.ema is not None else self.model
+
+
+# ----------------------------------------------------------------------------------------------
+# pieces
+# ----------------------------------------------------------------------------------------------
+
+class EMA:
+    """Exponential moving average of parameters (and a copy of buffers): θ_ema ← d·θ_ema + (1-d)·θ."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, copy_only: bool = False) -> None:
+        ema_p = list(self.module.parameters())
+        p = [q.detach() for q in model.parameters()]
+        if copy_only:
+            torch._foreach_copy_(ema_p, p)
+        else:
+            torch._foreach_lerp_(ema_p, p, 1.0 - self.decay)
+        for b_ema, b in zip(self.module.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+def lr_lambda(cfg: FitConfig) -> Callable[[int], float]:
+    """Linear warm-up over ``cfg.warmup`` steps, then cosine from 1 to ``cfg.min_lr_ratio``."""
+
+    def f(step: int) -> float:
+        if cfg.warmup > 0 and step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        span = max(1, cfg.steps - cfg.warmup)
+        progress = min(1.0, (step - cfg.warmup) / span)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Indices of the batch for global ``step``: a pure function of (n, batch_size, step, seed).
+
+    Each epoch is a fresh permutation seeded by ``seed + epoch``; batches never straddle epochs
+    (the last incomplete batch is dropped). With ``world > 1`` each rank takes its slice of the
+    global batch, so the union over ranks equals the single-process batch.
+    """
+    per_epoch = max(1, n // batch_size)
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    idx = perm[i * batch_size:(i + 1) * batch_size] if n >= batch_size else perm
+    return idx[rank::world] if world > 1 else idx
+
+
+def get_batch(data: Dataset, idx: torch.Tensor):
+    if hasattr(data, "get_batch"):
+        return data.get_batch(idx)
+    return default_collate([data[int(i)] for i in idx])
+
+
+def to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def autocast_context(amp: str, device: torch.device):
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp='fp16' needs CUDA (fp16 on CPU is slow and unsupported); use amp='bf16' or 'none'")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _all_finite(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Dataset,
+    cfg: FitConfig,
+    *,
+    device: str | torch.device = "cpu",
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    picture_fn: Callable[[nn.Module, int], None] | None = None,
+    meta: dict[str, Any] | None = None,
+    callbacks: list[Callable[[int, dict[str, float]], None]] | None = None,
+    rank: int = 0,
+    world: int = 1,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+) -> FitResult:
+    """Train ``model`` on ``data`` with ``loss_fn``; see the module docstring.
+
+    ``meta`` identifies the run (model kind and config, dataset...). It is stored in the checkpoint;
+    resuming from a checkpoint whose ``meta["kind"]`` or ``meta["model_config"]`` differ is refused.
+    ``picture_fn(model, step)`` is called with the EMA model every ``cfg.sample_every`` steps and at
+    the end (it typically writes ``samples.png``). ``rank``/``world``/``wrap`` are for
+    DistributedDataParallel (``wrap`` wraps the model; only rank 0 logs and writes files).
+    """
+    device = torch.device(device)
+    torch.manual_seed(cfg.seed + rank)
+    model.to(device)
+    train_model = wrap(model) if wrap is not None else model
+    opt_kwargs = dict(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.fused_adam and device.type == "cuda":
+        opt_kwargs["fused"] = True
+    opt = torch.optim.AdamW(model.parameters(), **opt_kwargs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank)
+    meta = dict(meta or {})
+    is_main = rank == 0
+
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out / "checkpoint.pt" if out is not None else None
+    history: list[dict[str, float]] = []
+    step = 0
+    if resume:
+        if ckpt_path is None:
+            raise ValueError("resume=True needs out_dir (the folder holding checkpoint.pt)")
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start fresh")
+        ck = load_checkpoint(ckpt_path, expect=meta)  # tensors on CPU; load_state_dict moves them
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        if ema is not None and ck.get("ema") is not None:
+            ema.module.load_state_dict(ck["ema"])
+        gen.set_state(ck["generator"])
+        _set_rng_state(ck["rng"], device)
+        step = int(ck["step"])
+        history = list(ck.get("history", []))
+        if step >= cfg.steps and is_main:
+            print(f"[fit] checkpoint at {ckpt_path} is already at step {step} >= steps={cfg.steps}; nothing to do")
+
+    def save(step_now: int) -> None:
+        if ckpt_path is None or not is_main:
+            return
+        if not _all_finite(model):  # never overwrite a good checkpoint with a broken model
+            raise NonFiniteLossError(f"weights are not finite at step {step_now}; kept the last good checkpoint {ckpt_path}")
+        save_checkpoint(ckpt_path, {
+            "meta": meta, "fit_config": asdict(cfg), "step": step_now,
+            "model": model.state_dict(), "ema": ema.module.state_dict() if ema else None,
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+            "generator": gen.get_state(), "rng": _rng_state(device), "history": history,
+        })
+
+    metrics_log = (out / "metrics.jsonl").open("a") if out is not None and is_main else None
+    if out is not None and is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    n = len(data)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("the dataset is empty")
+    bar = None
+    if is_main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc=meta.get("kind", "fit"), mininterval=1.0, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    last_good = step
+    model.train()
+    try:
+        while step < cfg.steps:
+            idx = batch_indices(n, cfg.batch_size, step, cfg.seed, rank, world)
+            batch = to_device(get_batch(data, idx), device)
+            with autocast_context(cfg.amp, device):
+                loss, logs = loss_fn(train_model, batch, gen)
+            if not torch.isfinite(loss):
+                where = f"; the last good checkpoint (step {last_good}) is kept at {ckpt_path}" if ckpt_path and ckpt_path.exists() else ""
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at step {step} (lr={sched.get_last_lr()[0]:.3g}, amp={cfg.amp}){where}. "
+                    "Try a lower --lr, --amp none, or a smaller --grad-clip; then --resume."
+                )
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            gnorm = None
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            if ema is not None:
+                ema.update(model, copy_only=step < cfg.ema_start)
+            step += 1
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rec = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
+                       **{k: float(v) for k, v in logs.items()}}
+                if gnorm is not None:
+                    rec["grad_norm"] = float(gnorm)
+                history.append(rec)
+                if metrics_log is not None:
+                    metrics_log.write(json.dumps(rec) + "\n")
+                    metrics_log.flush()
+                for cb in callbacks or []:
+                    cb(step, rec)
+            if bar is not None:
+                bar.update(1)
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
+                save(step)
+                last_good = step
+            if picture_fn is not None and is_main and cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
+                picture_fn(ema.module if ema else model, step)
+                model.train()
+    finally:
+        if bar is not None:
+            bar.close()
+        if metrics_log is not None:
+            metrics_log.close()
+    save(step)
+    seconds = time.perf_counter() - t0
+    if picture_fn is not None and is_main:
+        picture_fn(ema.module if ema else model, step)
+    model.eval()
+    return FitResult(model=model, ema=ema.module if ema else None, history=history, step=step, seconds=seconds)
+
+
+__all__ = ["FitConfig", "FitResult", "fit", "EMA", "NonFiniteLossError", "CheckpointMismatch", "batch_indices", "lr_lambda"]
