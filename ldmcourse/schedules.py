@@ -116,6 +116,31 @@ def make_schedule(name: str, T: int = 1000, **kwargs) -> Schedule:
     return schedule_from_betas(betas_for(name, T, **kwargs), name=name)
 
 
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def make_timesteps(T: int, steps: int, spacing: str = "leading") -> torch.Tensor:
+    """A descending LongTensor of ``steps`` training indices in [0, T) for a sampler to visit.
+
+    Conventions of diffusers / "Common Diffusion Noise Schedules are Flawed" (Lin et al. 2024, Table 2):
+    - ``leading``: 0, k, 2k, … with k = T // steps (DDIM's original choice; never visits T-1);
+    - ``trailing``: round(T, T - T/steps, …) - 1 (always starts at T-1; better at few steps);
+    - ``linspace``: round(linspace(0, T-1, steps)) (visits both ends).
+    """
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps={steps} must be between 1 and T={T}")
+    if spacing == "leading":
+        ts = torch.arange(steps, dtype=torch.float64) * (T // steps)
+    elif spacing == "trailing":
+        ts = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)) - 1
+        ts = ts.flip(0)
+    elif spacing == "linspace":
+        ts = torch.round(torch.linspace(0, T - 1, steps, dtype=torch.float64))
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    return ts.long().flip(0)
+
+
 # ----------------------------------------------------------------------------------------------
 # continuous time
 # ----------------------------------------------------------------------------------------------
@@ -148,5 +173,5 @@ def sigmas_from_schedule(schedule: Schedule) -> torch.Tensor:
     return ((1 - schedule.alphas_cumprod) / schedule.alphas_cumprod).sqrt()
 
 
-__all__ = ["SCHEDULES", "Schedule", "betas_for", "schedule_from_betas", "make_schedule", "vp_marginal",
+__all__ = ["SCHEDULES", "SPACINGS", "make_timesteps", "Schedule", "betas_for", "schedule_from_betas", "make_schedule", "vp_marginal",
            "ve_sigma", "karras_sigmas", "sigmas_from_schedule"]
