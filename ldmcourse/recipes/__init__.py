@@ -19,6 +19,7 @@ import torch.nn as nn
 _MODULES: dict[str, str] = {
     "ae": "ldmcourse.recipes.ae",
     "nvae": "ldmcourse.recipes.nvae",
+    "vae": "ldmcourse.recipes.vae",
 }
 
 
