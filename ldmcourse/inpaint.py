@@ -126,26 +126,37 @@ def blend(x: torch.Tensor, x_known: torch.Tensor, keep: torch.Tensor) -> torch.T
 # the wrappers
 # ------------------------------------------------------------------------------------------------
 
-def _level(t) -> int:
-    """A timestep as an int; None or < 0 (the sampler's final step to clean data) -> -1."""
+def _level(t) -> float:
+    """A timestep as a number; None or < 0 (the sampler's final step to clean data) -> -1.
+    Continuous-time samplers (``adaptive``) may report fractional training indices."""
     if t is None:
         return -1
-    return int(t.flatten()[0]) if isinstance(t, torch.Tensor) else int(t)
+    t = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
+    return t if t >= 0 else -1
 
 
-def noise_to(x0: torch.Tensor, t: int, schedule: Schedule, generator: torch.Generator | None = None) -> torch.Tensor:
+def alpha_bar(schedule: Schedule, t: float) -> float:
+    """ᾱ_t; for a fractional index, log ᾱ interpolated linearly between its neighbours; 1 for t < 0."""
+    if t < 0:
+        return 1.0
+    lo = min(int(math.floor(t)), schedule.T - 1)
+    hi, w = min(lo + 1, schedule.T - 1), t - lo
+    log_ab = schedule.alphas_cumprod.log()
+    return math.exp((1 - w) * float(log_ab[lo]) + w * float(log_ab[hi]))
+
+
+def noise_to(x0: torch.Tensor, t: float, schedule: Schedule, generator: torch.Generator | None = None) -> torch.Tensor:
     """A sample of q(x_t | x_0) = N(√ᾱ_t x_0, (1-ᾱ_t) I) (eq. 4 of DDPM); t = -1 returns x_0."""
     if t < 0:
         return x0
-    ab = float(schedule.alphas_cumprod[t])
+    ab = alpha_bar(schedule, t)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     return math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps
 
 
-def renoise(x: torch.Tensor, t_from: int, t_to: int, schedule: Schedule, generator: torch.Generator | None = None) -> torch.Tensor:
+def renoise(x: torch.Tensor, t_from: float, t_to: float, schedule: Schedule, generator: torch.Generator | None = None) -> torch.Tensor:
     """Go back up the chain: a sample of q(x_{t_to} | x_{t_from}) for t_to > t_from (RePaint's time travel)."""
-    ab_from = float(schedule.alphas_cumprod[t_from]) if t_from >= 0 else 1.0
-    ratio = float(schedule.alphas_cumprod[t_to]) / ab_from  # ᾱ_a / ᾱ_b
+    ratio = alpha_bar(schedule, t_to) / alpha_bar(schedule, t_from)  # ᾱ_a / ᾱ_b
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return math.sqrt(ratio) * x + math.sqrt(1 - ratio) * eps
 
@@ -237,4 +248,4 @@ def masked_mse(x: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> tor
 
 
 __all__ = ["METHODS", "MASKS", "box_mask", "half_mask", "stroke_mask", "load_mask", "make_mask", "latent_mask",
-           "blend", "noise_to", "renoise", "replacement_callback", "inpaint", "inpaint_latent", "masked_mse"]
+           "blend", "alpha_bar", "noise_to", "renoise", "replacement_callback", "inpaint", "inpaint_latent", "masked_mse"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldmcourse.inpaint import (blend, box_mask, half_mask, inpaint, inpaint_latent, latent_mask, load_mask, make_mask,
+from ldmcourse.inpaint import (alpha_bar, blend, box_mask, half_mask, inpaint, inpaint_latent, latent_mask, load_mask, make_mask,
                                masked_mse, noise_to, renoise, replacement_callback, stroke_mask)
 from ldmcourse.schedules import make_schedule, make_timesteps
 
@@ -20,7 +20,7 @@ S_C = 0.7  # prior std of the constant c
 
 def flat_image_eps(x, t):
     """E[ε | x_t] for x_0 = c·1, c ~ N(0, S_C²): depends on x_t only through its mean m = a c + b ε̄."""
-    ab = SCHED.alphas_cumprod.to(x)[t].view(-1, 1, 1, 1)
+    ab = torch.tensor([alpha_bar(SCHED, float(v)) for v in t.flatten()], dtype=x.dtype).view(-1, 1, 1, 1)
     a, b = ab.sqrt(), (1 - ab).sqrt()
     d = x[0].numel()
     m = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -121,6 +121,13 @@ def test_callback_noises_known_region_to_the_level_actually_reached():
         assert abs(float(out.mean()) - 0.5 * math.sqrt(ab)) < 0.05
         assert abs(float(out.std()) - math.sqrt(1 - ab)) < 0.05
     assert torch.equal(cb(0, 5, -1, torch.zeros_like(x0), None), x0)  # final step: the clean original
+
+
+def test_alpha_bar_interpolates_fractional_timesteps():
+    assert alpha_bar(SCHED, 10) == pytest.approx(float(SCHED.alphas_cumprod[10]), rel=1e-12)
+    mid = alpha_bar(SCHED, 10.5)
+    assert float(SCHED.alphas_cumprod[11]) < mid < float(SCHED.alphas_cumprod[10])
+    assert alpha_bar(SCHED, -1) == 1.0
 
 
 def test_renoise_gives_the_forward_marginal():
