@@ -18,6 +18,8 @@ import torch.nn as nn
 # model name -> module defining RECIPES (imported lazily so `ldmcourse --help` stays fast)
 _MODULES: dict[str, str] = {
     "ae": "ldmcourse.recipes.ae",
+    "kl-autoencoder": "ldmcourse.recipes.kl_autoencoder",
+    "ldm": "ldmcourse.recipes.ldm",
 }
 
 
