@@ -27,6 +27,8 @@ import torch.nn as nn
 
 from .diffusion import as_eps_model, diffusion_loss
 from .guidance import cfg_eps_model
+from .inpaint import inpaint_latent
+from .samplers import get_sampler, sample_chunked
 from .schedules import Schedule
 
 
@@ -218,8 +220,6 @@ def sample_latent(model: LatentDiffusion, sampler: Callable | str, schedule: Sch
     With ``y`` None or an int, chunks of ``batch_size`` go through ``sample_chunked``: the same images
     whatever the chunk size.
     """
-    from .samplers import get_sampler, sample_chunked
-
     device = torch.device(device)
     fn = get_sampler(sampler)
     bs = batch_size or n
@@ -251,9 +251,6 @@ def inpaint_with(model: LatentDiffusion, sampler: Callable | str, schedule: Sche
     The known image is encoded with the posterior *mean*; ``kwargs`` go to :func:`ldmcourse.inpaint.inpaint`
     (``steps``, ``method``, ``jump_length``, ``resample``, ``generator``, sampler options).
     """
-    from .inpaint import inpaint_latent
-    from .samplers import get_sampler
-
     f = model.first_stage.factor
     if f is None:
         raise ValueError(f"a {model.first_stage.kind!r} first stage has no spatial latent (latent pixels do not "
