@@ -27,6 +27,8 @@ import torch.nn as nn
 
 from .diffusion import as_eps_model, diffusion_loss
 from .guidance import cfg_eps_model
+from .inpaint import inpaint_latent
+from .samplers import get_sampler, sample_chunked
 from .schedules import Schedule
 
 
@@ -98,16 +100,18 @@ class FirstStage(nn.Module):
         return None
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> torch.Tensor:
+        """x -> z; ``sample`` (default: the adapter's setting) draws from q(z|x) instead of taking its mean."""
+        sample = self.sample if sample is None else sample
         if self.kind == "identity":
             return x
         if self.kind == "kl":
             post = self.model.encode(x)
-            return post.sample(generator) if self.sample else post.mode()  # (B, c, h, w)
+            return post.sample(generator) if sample else post.mode()  # (B, c, h, w)
         if self.kind == "vae":
             mu, logvar = self.model.encode(x)
             z = mu
-            if self.sample:
+            if sample:
                 z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             return z.reshape(-1, *self.latent_shape)  # (B, d) -> (B, c, h, w)
         return self.model.encode_latent(x).reshape(-1, *self.latent_shape)
@@ -162,8 +166,8 @@ class LatentDiffusion(nn.Module):
         return self.scale_factor
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self._scale() * self.first_stage.encode(x, generator)  # (B, C, H, W) -> (B, c, h, w)
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> torch.Tensor:
+        return self._scale() * self.first_stage.encode(x, generator, sample)  # (B, C, H, W) -> (B, c, h, w)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -205,27 +209,55 @@ def latent_eps_model(model: LatentDiffusion, schedule: Schedule, prediction: str
 
 
 @torch.no_grad()
-def sample_latent(model: LatentDiffusion, sampler: Callable, schedule: Schedule, n: int, steps: int = 50,
+def sample_latent(model: LatentDiffusion, sampler: Callable | str, schedule: Schedule, n: int, steps: int = 50,
                   generator: torch.Generator | None = None, device: str | torch.device = "cpu", y=None,
                   guidance: float | None = None, prediction: str = "eps", decode: bool = True,
                   batch_size: int | None = None, **options) -> torch.Tensor:
-    """Draw ``n`` samples: x_T ~ N(0, I) in latent space, ``sampler``, then decode (unless ``decode=False``).
+    """Draw ``n`` samples: x_T ~ N(0, I) in latent space, ``sampler`` (a function or a SAMPLERS name),
+    then decode (unless ``decode=False``). Returns them on ``device``.
 
-    ``batch_size`` chunks the work (each chunk draws its x_T from ``generator`` in turn). ``y``: a label
-    (int) or (n,) labels for guided sampling.
+    ``y``: None (unconditional), one label (int) for all, or (n,) labels; ``guidance``: the CFG scale.
+    With ``y`` None or an int, chunks of ``batch_size`` go through ``sample_chunked``: the same images
+    whatever the chunk size.
     """
     device = torch.device(device)
-    if isinstance(y, int):
-        y = torch.full((n,), y, dtype=torch.long)
+    fn = get_sampler(sampler)
     bs = batch_size or n
-    outs = []
-    for a in range(0, n, bs):
-        b = min(n, a + bs)
-        x_T = torch.randn((b - a, *model.latent_shape), generator=generator, device=device)
-        eps = latent_eps_model(model, schedule, prediction, None if y is None else y[a:b].to(device), guidance)
-        z = sampler(eps, x_T, schedule, steps=steps, generator=generator, **options)
-        outs.append(model.decode(z) if decode else z)
-    return torch.cat(outs)
+    if y is None or isinstance(y, int):
+        eps = latent_eps_model(model, schedule, prediction, y, guidance)
+        z = sample_chunked(fn, eps, model.latent_shape, n, bs, generator, schedule=schedule, device=device,
+                           out_device=device, steps=steps, **options)
+    else:
+        y = torch.as_tensor(y).long()
+        if y.shape != (n,):
+            raise ValueError(f"y must be one label or {n} labels, got shape {tuple(y.shape)}")
+        zs = []
+        for a in range(0, n, bs):
+            b = min(n, a + bs)
+            x_T = torch.randn((b - a, *model.latent_shape), generator=generator, device=device)
+            eps = latent_eps_model(model, schedule, prediction, y[a:b].to(device), guidance)
+            zs.append(fn(eps, x_T, schedule, steps=steps, generator=generator, **options))
+        z = torch.cat(zs)
+    if not decode:
+        return z
+    return torch.cat([model.decode(z[a:a + bs]) for a in range(0, n, bs)])
 
 
-__all__ = ["FirstStage", "LatentDiffusion", "latent_diffusion_loss", "latent_eps_model", "sample_latent"]
+@torch.no_grad()
+def inpaint_with(model: LatentDiffusion, sampler: Callable | str, schedule: Schedule, x_known: torch.Tensor,
+                 keep: torch.Tensor, prediction: str = "eps", **kwargs) -> torch.Tensor:
+    """Inpaint with a :class:`LatentDiffusion` (pixel space when its first stage is the identity).
+
+    The known image is encoded with the posterior *mean*; ``kwargs`` go to :func:`ldmcourse.inpaint.inpaint`
+    (``steps``, ``method``, ``jump_length``, ``resample``, ``generator``, sampler options).
+    """
+    f = model.first_stage.factor
+    if f is None:
+        raise ValueError(f"a {model.first_stage.kind!r} first stage has no spatial latent (latent pixels do not "
+                         "match image patches), so it cannot inpaint in latent space; use a KL autoencoder or pixels")
+    eps = as_eps_model(model.unet, schedule, prediction)
+    return inpaint_latent(get_sampler(sampler), eps, x_known, keep, schedule,
+                          encode=lambda x: model.encode(x, sample=False), decode=model.decode, factor=f, **kwargs)
+
+
+__all__ = ["FirstStage", "LatentDiffusion", "latent_diffusion_loss", "latent_eps_model", "sample_latent", "inpaint_with"]

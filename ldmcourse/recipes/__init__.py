@@ -20,6 +20,8 @@ _MODULES: dict[str, str] = {
     "ae": "ldmcourse.recipes.ae",
     "nvae": "ldmcourse.recipes.nvae",
     "vae": "ldmcourse.recipes.vae",
+    "kl-autoencoder": "ldmcourse.recipes.kl_autoencoder",
+    "ldm": "ldmcourse.recipes.ldm",
 }
 
 
