@@ -18,6 +18,7 @@ import torch.nn as nn
 # model name -> module defining RECIPES (imported lazily so `ldmcourse --help` stays fast)
 _MODULES: dict[str, str] = {
     "ae": "ldmcourse.recipes.ae",
+    "classifier": "ldmcourse.recipes.classifier",
 }
 
 
