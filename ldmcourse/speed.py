@@ -73,7 +73,7 @@ def make_train_step(model: nn.Module, loss_fn: Callable, batch, *, amp: str = "n
         opt.step()
         count[0] += 1
         if ema is not None and count[0] % ema_every == 0:
-            ema.update(model)
+            ema.update(model, step=count[0])
         return float(loss.detach())
 
     return step

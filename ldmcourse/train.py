@@ -97,20 +97,28 @@ class FitResult:
 # ----------------------------------------------------------------------------------------------
 
 class EMA:
-    """Exponential moving average of parameters (and a copy of buffers): θ_ema ← d·θ_ema + (1-d)·θ."""
+    """Exponential moving average of parameters (and a copy of buffers): θ_ema ← d·θ_ema + (1-d)·θ.
+
+    The decay warms up as d_n = min(decay, (1 + n) / (10 + n)) after n updates, so a short run is not
+    dominated by its random initial weights (with a fixed d = 0.999, the initial weights would still
+    carry 0.999^600 ≈ 55 % of the average after 600 steps).
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
+    def decay_at(self, n: int) -> float:
+        return min(self.decay, (1 + n) / (10 + n))
+
     @torch.no_grad()
-    def update(self, model: nn.Module, copy_only: bool = False, decay: float | None = None) -> None:
+    def update(self, model: nn.Module, step: int, copy_only: bool = False, every: int = 1) -> None:
         ema_p = list(self.module.parameters())
         p = [q.detach() for q in model.parameters()]
         if copy_only:
             torch._foreach_copy_(ema_p, p)
         else:
-            torch._foreach_lerp_(ema_p, p, 1.0 - (self.decay if decay is None else decay))
+            torch._foreach_lerp_(ema_p, p, 1.0 - self.decay_at(step) ** every)  # k steps at once: decay**k
         for b_ema, b in zip(self.module.buffers(), model.buffers()):
             b_ema.copy_(b)
 
@@ -202,6 +210,7 @@ def fit(
     rank: int = 0,
     world: int = 1,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    stop_after: int | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` with ``loss_fn``; see the module docstring.
 
@@ -212,6 +221,8 @@ def fit(
     DistributedDataParallel (``wrap`` wraps the model, see :mod:`ldmcourse.distributed`): rank ``r``
     trains on slice ``[r::world]`` of the global batch of ``cfg.batch_size``, the logged loss is
     the mean over ranks, and only rank 0 writes files.
+    ``stop_after``: stop after this many steps in this call (checkpoint written), e.g. to split a long
+    run into time-limited jobs; a later ``resume=True`` call continues exactly.
     """
     if world > 1 and cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} is the global batch and must be divisible by the "
@@ -289,9 +300,10 @@ def fit(
         bar = tqdm(total=cfg.steps, initial=step, desc=meta.get("kind", "fit"), mininterval=1.0, dynamic_ncols=True)
     t0 = time.perf_counter()
     last_good = step
+    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     model.train()
     try:
-        while step < cfg.steps:
+        while step < end:
             idx = batch_indices(n, cfg.batch_size, step, cfg.seed, rank, world)
             batch = to_device(get_batch(data, idx), device)
             with autocast_context(cfg.amp, device):
@@ -312,7 +324,7 @@ def fit(
             scaler.update()
             sched.step()
             if ema is not None and (step + 1) % cfg.ema_every == 0:
-                ema.update(model, copy_only=step < cfg.ema_start, decay=cfg.ema_decay ** cfg.ema_every)
+                ema.update(model, step=max(0, step - cfg.ema_start), copy_only=step < cfg.ema_start, every=cfg.ema_every)
             step += 1
 
             if step % cfg.log_every == 0 or step == cfg.steps:

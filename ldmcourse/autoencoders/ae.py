@@ -1,11 +1,19 @@
 """Deterministic autoencoders: x -> z -> x̂, trained on reconstruction error alone.
 
-``ConvAE``: stride-2 conv encoder, upsampling decoder. 32x32 inputs are halved ``len(channels)``
-times; the latent is a small spatial map (or a vector when ``latent_dim`` is set).
+- ``MLPAE``: fully connected, images flattened. ``MLPAEConfig.baseline()`` is seed 002's baseline
+  (784 -> 128 -> 64 -> 12 -> 3, ReLU); ``MLPAEConfig.improved()`` its improved version (16-D latent,
+  784 -> 256 -> 128 -> 64 -> 16, BatchNorm + LeakyReLU).
+- ``ConvAE``: stride-2 conv encoder, upsampling decoder. Inputs are halved ``len(channels)`` times,
+  then flattened to a ``latent_dim`` vector.
+- ``AEConfig`` + ``build_ae``: one config that picks any of the three (``arch``), used by the CLI.
+- ``augment``: small random rotations and input noise (training-time options for AEs and VAEs).
+
+All of them take and return images in [-1, 1] (tanh output) and train on ``reconstruction_loss`` (MSE).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -77,3 +85,140 @@ def reconstruction_loss(model: nn.Module, batch, generator: torch.Generator | No
     x_hat = model(x)
     loss = F.mse_loss(x_hat, x)
     return loss, {"mse": float(loss.detach())}
+
+
+# ----------------------------------------------------------------------------------------------
+# MLP autoencoders (seed 002)
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class MLPAEConfig:
+    in_channels: int = 1
+    image_size: int = 28
+    hidden: tuple[int, ...] = (128, 64, 12)  # encoder widths; the decoder mirrors them
+    latent_dim: int = 3
+    batchnorm: bool = False  # BatchNorm1d + LeakyReLU after every hidden layer (else plain ReLU)
+
+    def __post_init__(self):
+        self.hidden = tuple(self.hidden)
+        if self.latent_dim < 1 or any(h < 1 for h in self.hidden):
+            raise ValueError(f"latent_dim ({self.latent_dim}) and hidden widths {self.hidden} must be >= 1")
+
+    @classmethod
+    def baseline(cls, **kw) -> "MLPAEConfig":
+        """Seed 002's baseline: 784-128-64-12-3, ReLU."""
+        return cls(**{"hidden": (128, 64, 12), "latent_dim": 3, "batchnorm": False, **kw})
+
+    @classmethod
+    def improved(cls, **kw) -> "MLPAEConfig":
+        """Seed 002's improved AE: 16-D latent, wider (256-128-64), BatchNorm + LeakyReLU."""
+        return cls(**{"hidden": (256, 128, 64), "latent_dim": 16, "batchnorm": True, **kw})
+
+
+def mlp_layers(widths: list[int], batchnorm: bool) -> list[nn.Module]:
+    """Linear layers widths[0] -> ... -> widths[-1], each followed by BatchNorm1d+LeakyReLU or ReLU."""
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b)] + ([nn.BatchNorm1d(b), nn.LeakyReLU(0.2)] if batchnorm else [nn.ReLU()])
+    return layers
+
+
+class MLPAE(nn.Module):
+    def __init__(self, cfg: MLPAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        c, s, h = cfg.in_channels, cfg.image_size, list(cfg.hidden)
+        d = c * s * s
+        # (B, C, H, W) -> (B, D) -> ... -> (B, latent_dim)
+        self.encoder = nn.Sequential(nn.Flatten(), *mlp_layers([d] + h, cfg.batchnorm), nn.Linear(h[-1], cfg.latent_dim))
+        # (B, latent_dim) -> ... -> (B, D) -> (B, C, H, W); tanh because images live in [-1, 1]
+        self.decoder = nn.Sequential(*mlp_layers([cfg.latent_dim] + h[::-1], cfg.batchnorm), nn.Linear(h[0], d),
+                                     nn.Tanh(), nn.Unflatten(1, (c, s, s)))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.cfg.in_channels, self.cfg.image_size, "MLPAE")
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# one config for the CLI, augmentation
+# ----------------------------------------------------------------------------------------------
+
+AE_ARCHS = ("conv", "mlp-baseline", "mlp-improved")
+
+
+@dataclass
+class AEConfig:
+    """Any autoencoder of this module, picked by ``arch``; plus training-time augmentation.
+
+    ``latent_dim=None`` and ``hidden=None`` take the arch's default (conv 16; baseline 3 and (128, 64, 12);
+    improved 16 and (256, 128, 64)). A checkpoint written with the older ``ConvAEConfig`` loads as arch="conv".
+    """
+
+    arch: str = "conv"
+    in_channels: int = 1
+    image_size: int = 32
+    channels: tuple[int, ...] = (32, 64, 128)  # conv only
+    hidden: tuple[int, ...] | None = None  # mlp only
+    latent_dim: int | None = None
+    rotate_deg: float = 0.0  # augmentation: random rotation of input and target
+    noise_std: float = 0.0  # augmentation: Gaussian noise on the input only (a denoising AE)
+
+    def __post_init__(self):
+        if self.arch not in AE_ARCHS:
+            raise ValueError(f"arch={self.arch!r}: choose one of {AE_ARCHS}")
+        self.channels = tuple(self.channels)
+        self.hidden = tuple(self.hidden) if self.hidden is not None else None
+
+    def model_config(self) -> ConvAEConfig | MLPAEConfig:
+        common = dict(in_channels=self.in_channels, image_size=self.image_size)
+        if self.latent_dim is not None:
+            common["latent_dim"] = self.latent_dim
+        if self.arch == "conv":
+            return ConvAEConfig(channels=self.channels, **common)
+        if self.hidden is not None:
+            common["hidden"] = self.hidden
+        return (MLPAEConfig.baseline if self.arch == "mlp-baseline" else MLPAEConfig.improved)(**common)
+
+
+def build_ae(cfg: AEConfig) -> nn.Module:
+    mc = cfg.model_config()
+    return ConvAE(mc) if isinstance(mc, ConvAEConfig) else MLPAE(mc)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None = None, rotate_deg: float = 0.0,
+            noise_std: float = 0.0) -> torch.Tensor:
+    """Rotate each image by a uniform angle in [-rotate_deg, rotate_deg] (background -1 fills the corners),
+    then add N(0, noise_std²) noise. x: (B, C, H, W) in [-1, 1]; the same ``generator`` gives the same batch."""
+    if rotate_deg:
+        b = x.shape[0]
+        angle = (torch.rand(b, generator=generator, device=x.device) * 2 - 1) * math.radians(rotate_deg)
+        cos, sin = angle.cos(), angle.sin()
+        theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
+                             torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1).to(x.dtype)  # (B, 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+    if noise_std:
+        x = x + noise_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x
+
+
+def ae_loss(cfg: AEConfig):
+    """loss_fn for ``fit``: MSE between the (rotated) target and the reconstruction of its noisy version."""
+    if not (cfg.rotate_deg or cfg.noise_std):
+        return reconstruction_loss
+
+    def loss_fn(model, batch, generator):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x = augment(x, generator, rotate_deg=cfg.rotate_deg)
+        x_hat = model(augment(x, generator, noise_std=cfg.noise_std))
+        loss = F.mse_loss(x_hat, x)
+        return loss, {"mse": float(loss.detach())}
+
+    return loss_fn

@@ -19,6 +19,7 @@ import torch.nn as nn
 _MODULES: dict[str, str] = {
     "ae": "ldmcourse.recipes.ae",
     "classifier": "ldmcourse.recipes.classifier",
+    "vae": "ldmcourse.recipes.vae",
 }
 
 

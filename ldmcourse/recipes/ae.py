@@ -1,10 +1,13 @@
-"""Recipe for the convolutional autoencoder (the course skeleton's end-to-end model)."""
+"""Recipe for the deterministic autoencoders: ``ldmcourse train ae --arch conv|mlp-baseline|mlp-improved``.
+
+Augmentation: ``--rotate-deg 10 --noise-std 0.1``. Learning-rate schedule: ``fit``'s warm-up + cosine.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from ..autoencoders.ae import ConvAE, ConvAEConfig, reconstruction_loss
+from ..autoencoders.ae import AEConfig, ae_loss, build_ae
 from ..metrics import mse, psnr
 from . import Recipe
 
@@ -34,8 +37,8 @@ def recon_metric(model, meta, test_data, device, options):
 
 RECIPES = {
     "ae": Recipe(
-        name="ae", model_config=ConvAEConfig, build=ConvAE, loss=lambda cfg: reconstruction_loss, sizes=SIZES,
+        name="ae", model_config=AEConfig, build=build_ae, loss=ae_loss, sizes=SIZES,
         picture=picture, sample=None, metrics={"recon": recon_metric},
-        description="convolutional autoencoder (deterministic; reconstructs, cannot sample)",
+        description="autoencoder: conv or the seed's MLPs (deterministic; reconstructs, cannot sample)",
     ),
 }
