@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .distributed import cleanup, ddp_wrap, launched_by_torchrun, setup
 from .profiles import PROFILES, get_profile
 
 DATA_FIELDS = {"dataset": "mnist5k", "image_size": 32, "n_train": None, "data_root": None}
@@ -214,6 +215,11 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     profile = get_profile(args.profile)
     device = _device(args.device, profile)
+    dist_info = None
+    if launched_by_torchrun():  # torchrun --nproc_per_node N -m ldmcourse train ...: one process per device
+        dist_info = setup("cpu" if device.type == "cpu" else "auto")
+        device = dist_info.device
+    rank, world = (dist_info.rank, dist_info.world) if dist_info else (0, 1)
     recipe = get_recipe(args.model)
     sizes = recipe.sizes.get(profile, {})
     file_cfg = read_config_file(args.config)
@@ -248,10 +254,19 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         picture_fn.name = name
 
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"[ldmcourse] train {recipe.name} on {train_data.name} ({len(train_data)} images, {c}x{h}x{w}); "
-          f"profile={profile} device={device} params={n_params:,} steps={fit_cfg.steps} batch={fit_cfg.batch_size}")
-    res = fit(model, recipe.loss(model_cfg), train_data, fit_cfg, device=device, out_dir=out, resume=args.resume,
-              picture_fn=picture_fn, meta=meta)
+    if rank == 0:
+        print(f"[ldmcourse] train {recipe.name} on {train_data.name} ({len(train_data)} images, {c}x{h}x{w}); "
+              f"profile={profile} device={device} params={n_params:,} steps={fit_cfg.steps} batch={fit_cfg.batch_size}"
+              + (f" (global; {world} processes)" if world > 1 else ""))
+    try:
+        res = fit(model, recipe.loss(model_cfg), train_data, fit_cfg, device=device, out_dir=out, resume=args.resume,
+                  picture_fn=picture_fn, meta=meta, rank=rank, world=world,
+                  wrap=ddp_wrap(device) if world > 1 else None)
+    finally:
+        if dist_info is not None:
+            cleanup()
+    if rank != 0:
+        return {"rank": rank}
     summary: dict[str, Any] = {
         "kind": recipe.name, "dataset": train_data.name, "profile": profile, "device": str(device),
         "params": n_params, "steps": res.step, "train_seconds": round(res.seconds, 2),

@@ -19,6 +19,7 @@ import torch.nn as nn
 _MODULES: dict[str, str] = {
     "ae": "ldmcourse.recipes.ae",
     "nvae": "ldmcourse.recipes.nvae",
+    "classifier": "ldmcourse.recipes.classifier",
     "vae": "ldmcourse.recipes.vae",
     "kl-autoencoder": "ldmcourse.recipes.kl_autoencoder",
     "ldm": "ldmcourse.recipes.ldm",
