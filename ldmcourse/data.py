@@ -292,7 +292,7 @@ def load_dataset(
             ds.name = alt
             return ds
 
-    images = fit_size(torch.from_numpy(np.ascontiguousarray(x)), size)
+    images = fit_size(torch.from_numpy(np.array(x, copy=True)), size)
     ds = ImageTensorDataset(images, torch.from_numpy(np.asarray(y)), info.used, classes)
     ds.info = info  # type: ignore[attr-defined]
     if n is not None and n < len(ds):

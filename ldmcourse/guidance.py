@@ -1,0 +1,67 @@
+"""Classifier-free guidance (Ho & Salimans 2021): one network, conditional and unconditional.
+
+Training drops the condition with probability ``p_uncond`` (``ldmcourse.diffusion.diffusion_loss``
+replaces the label by the null class), so the same network ε_θ(x_t, t, y) also learns
+ε_θ(x_t, t, ∅). At sampling time the two predictions are extrapolated (eq. 6 of the paper, written
+with s = 1 + w):
+
+    ε̃ = ε_θ(x_t, t, ∅) + s · (ε_θ(x_t, t, y) - ε_θ(x_t, t, ∅))
+
+s = 0: unconditional; s = 1: plain conditional; s > 1: sharper, less diverse samples. The result is
+again an ε-model ``eps(x, t)``, so *any* sampler in ``ldmcourse.samplers.SAMPLERS`` uses it
+unchanged (wrap the model, not the sampler).
+
+The condition is whatever the network accepts as ``y``: class labels (B,) LongTensor for the course
+U-Net, where ``y=None`` means the null class; a text embedding (B, L, D) would pass through the same
+way, with ``uncond`` the embedding of the empty prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cfg_eps_model(model: Callable[..., torch.Tensor], y: Any, scale: float, uncond: Any = None,
+                  batched: bool = True) -> EpsModel:
+    """An ε-model ``eps(x, t)`` that guides ``model(x, t, y=...)`` towards condition ``y`` with ``scale``.
+
+    - ``y``: the condition, e.g. a (B,) LongTensor of labels (or one int, broadcast to the batch).
+    - ``uncond``: the null condition; ``None`` (default) calls the network with ``y=None``. For the
+      course U-Net, ``uncond=num_classes`` (the null label) lets both branches share one call.
+    - ``batched``: when both conditions are tensors, evaluate them in one call of batch 2B (faster
+      on a GPU; the same numbers up to float rounding). ``scale`` 0 and 1 need only one call.
+    """
+    scale = float(scale)
+
+    def _cond(c: Any, x: torch.Tensor) -> Any:
+        if isinstance(c, int):
+            return torch.full((x.shape[0],), c, dtype=torch.long, device=x.device)
+        if isinstance(c, torch.Tensor):
+            c = c.to(x.device)
+            if c.shape[0] == 1 and x.shape[0] > 1:
+                c = c.expand(x.shape[0], *c.shape[1:])
+            if c.shape[0] != x.shape[0]:
+                raise ValueError(f"condition has batch {c.shape[0]} but x has batch {x.shape[0]}; "
+                                 "give one condition per sample (or one for all)")
+        return c
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        cond, null = _cond(y, x), _cond(uncond, x)
+        if scale == 1.0:
+            return model(x, t, y=cond)
+        if scale == 0.0:
+            return model(x, t, y=null)
+        if batched and isinstance(cond, torch.Tensor) and isinstance(null, torch.Tensor):
+            e_c, e_u = model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([cond, null])).chunk(2)
+        else:
+            e_c, e_u = model(x, t, y=cond), model(x, t, y=null)
+        return e_u + scale * (e_c - e_u)  # ε̃ = ε(∅) + s (ε(y) - ε(∅))
+
+    return eps
+
+
+__all__ = ["cfg_eps_model"]

@@ -1,0 +1,16 @@
+"""Building blocks of the diffusion U-Net (``ldmcourse.unet``): named cells composed into the model.
+
+- :mod:`.embeddings`: sinusoidal timestep embedding and its MLP.
+- :mod:`.blocks`: ResNet block (GroupNorm, SiLU, time injection, dropout), ConvNeXt block,
+  down/up-sampling.
+- :mod:`.attention`: full (softmax) self-attention and linear attention over pixels.
+
+Every block with a time input is called ``block(x, emb)``; the others ``block(x)``.
+"""
+
+from .attention import Attention, LinearAttention
+from .blocks import ConvNeXtBlock, Downsample, ResBlock, Upsample, group_norm
+from .embeddings import TimeEmbedding, timestep_embedding
+
+__all__ = ["Attention", "LinearAttention", "ConvNeXtBlock", "Downsample", "ResBlock", "Upsample", "group_norm",
+           "TimeEmbedding", "timestep_embedding"]

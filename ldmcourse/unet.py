@@ -1,0 +1,182 @@
+"""The diffusion U-Net (Ronneberger et al. 2015, as adapted by DDPM / improved-diffusion).
+
+    x (B, C_in, H, W) ──conv_in──► level 0 ──down──► level 1 ──down──► … ─► middle (Res, Attn, Res)
+                                     │ skips           │ skips                   │
+    out ◄──GN·SiLU·conv── level 0 ◄──up── level 1 ◄──up── … ◄──────────────────┘
+                        (each up block concatenates one skip)
+
+- Every level has ``num_res_blocks`` ResNet (or ConvNeXt) blocks at ``base_channels * mult``;
+  attention (full or linear) follows each block at the downsampling factors listed.
+- Every down-path output is pushed as a skip (conv_in, each block, each downsample); the up path has
+  ``num_res_blocks + 1`` blocks per level and pops exactly one skip each, so the two paths pair up by
+  construction. (The seed's U-Net counts levels with an off-by-one ``is_last`` test on the up path and
+  a final block that assumes ``init_dim == dim``: both are gone here.)
+- t (a (B,) LongTensor of training indices) enters through a sinusoidal embedding + MLP added in
+  every block. With ``num_classes = K`` a label embedding is added to it; labels are 0..K-1 and
+  ``y=None`` or ``y == K`` is the null (unconditional) class, used for classifier-free guidance.
+- ``checkpointing=True`` recomputes each block in the backward pass (less memory, ~30% slower).
+
+The network knows nothing of schedules or losses: ``unet(x, t, y=None)`` predicts ε, x₀ or v as the
+training loss (``ldmcourse.diffusion``) decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .nn import Attention, ConvNeXtBlock, Downsample, LinearAttention, ResBlock, TimeEmbedding, Upsample, group_norm
+
+
+@dataclass
+class UNetConfig:
+    """Shape of the U-Net. ``attention`` / ``linear_attention`` list downsampling factors (1 = input
+    resolution, 2 = half, …) where a full / linear attention layer follows each block."""
+
+    in_channels: int = 1
+    out_channels: int | None = None  # None: same as in_channels
+    base_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention: tuple[int, ...] = (4,)
+    linear_attention: tuple[int, ...] = ()
+    mid_attention: bool = True
+    head_dim: int = 32
+    dropout: float = 0.0
+    block: str = "resnet"  # "resnet" | "convnext"
+    convnext_mult: int = 2
+    groups: int = 8
+    num_classes: int | None = None  # K labels; index K is the null class
+    checkpointing: bool = False
+
+    def __post_init__(self):
+        self.channel_mult = tuple(self.channel_mult)
+        self.attention = tuple(self.attention)
+        self.linear_attention = tuple(self.linear_attention)
+        if self.block not in ("resnet", "convnext"):
+            raise ValueError(f"block={self.block!r}: choose 'resnet' or 'convnext'")
+        if not self.channel_mult or self.num_res_blocks < 1:
+            raise ValueError("channel_mult must be non-empty and num_res_blocks >= 1")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes={self.num_classes}: use None for an unconditional model, or K >= 1")
+
+    @property
+    def downsampling(self) -> int:
+        """Total downsampling factor: H and W must be divisible by it."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+class UNet(nn.Module):
+    """``unet(x, t, y=None)``: (B, C_in, H, W), (B,) -> (B, C_out, H, W)."""
+
+    def __init__(self, config: UNetConfig | None = None, **kwargs):
+        super().__init__()
+        cfg = self.config = config if config is not None else UNetConfig(**kwargs)
+        ch0 = cfg.base_channels
+        emb_dim = 4 * ch0
+        self.time_embed = TimeEmbedding(ch0, emb_dim)
+        self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+
+        def block(cin: int, cout: int) -> nn.Module:
+            if cfg.block == "convnext":
+                return ConvNeXtBlock(cin, cout, emb_dim, cfg.dropout, cfg.groups, cfg.convnext_mult)
+            return ResBlock(cin, cout, emb_dim, cfg.dropout, cfg.groups)
+
+        def attn(ch: int, ds: int) -> nn.Module | None:
+            if ds in cfg.attention:
+                return Attention(ch, cfg.head_dim, cfg.groups)
+            if ds in cfg.linear_attention:
+                return LinearAttention(ch, cfg.head_dim, cfg.groups)
+            return None
+
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
+        skip_chs = [ch0]
+        ch, ds = ch0, 1
+        self.down = nn.ModuleList()
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                self.down.append(_Stage(block(ch, ch0 * mult), attn(ch0 * mult, ds)))
+                ch = ch0 * mult
+                skip_chs.append(ch)
+            if level < len(cfg.channel_mult) - 1:
+                self.down.append(_Stage(None, None, Downsample(ch)))
+                ds *= 2
+                skip_chs.append(ch)
+
+        self.mid = _Stage(block(ch, ch), Attention(ch, cfg.head_dim, cfg.groups) if cfg.mid_attention else None,
+                          block2=block(ch, ch))
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                out = ch0 * mult
+                resample = Upsample(out) if (level > 0 and i == cfg.num_res_blocks) else None
+                self.up.append(_Stage(block(ch + skip_chs.pop(), out), attn(out, ds), resample))
+                ch = out
+            if level > 0:
+                ds //= 2
+        assert not skip_chs and ds == 1, "internal error: skip connections do not pair up"
+
+        self.norm_out = group_norm(ch, cfg.groups)
+        self.conv_out = nn.Conv2d(ch, cfg.out_channels or cfg.in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def _run(self, stage: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.config.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(stage, h, emb, use_reentrant=False)
+        return stage(h, emb)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"expected x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[-1] % cfg.downsampling or x.shape[-2] % cfg.downsampling:
+            raise ValueError(f"H and W must be divisible by {cfg.downsampling} (= 2^(len(channel_mult)-1)); "
+                             f"got {tuple(x.shape[-2:])}: pad the images or use fewer levels")
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        emb = self.time_embed(t)  # (B, E)
+        if self.label_embed is not None:
+            null = torch.full((x.shape[0],), cfg.num_classes, device=x.device, dtype=torch.long)
+            y = null if y is None else y.to(x.device).long()
+            if bool(((y < 0) | (y > cfg.num_classes)).any()):
+                raise ValueError(f"labels must be in 0..{cfg.num_classes} ({cfg.num_classes} = null class)")
+            emb = emb + self.label_embed(y)
+        elif y is not None:
+            raise ValueError("this U-Net is unconditional (num_classes=None) but labels y were given")
+
+        h = self.conv_in(x)  # (B, ch0, H, W)
+        skips = [h]
+        for stage in self.down:
+            h = self._run(stage, h, emb)  # a block keeps H, W; a downsample halves them
+            skips.append(h)
+        h = self._run(self.mid, h, emb)
+        for stage in self.up:
+            h = self._run(stage, torch.cat([h, skips.pop()], dim=1), emb)  # (B, ch + skip_ch, H, W) -> (B, out, ·)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
+
+
+class _Stage(nn.Module):
+    """One step of the U-Net: [block(h, emb)] -> [attention] -> [block2] -> [resample]."""
+
+    def __init__(self, block: nn.Module | None, attn: nn.Module | None, resample: nn.Module | None = None,
+                 block2: nn.Module | None = None):
+        super().__init__()
+        self.block, self.attn, self.block2, self.resample = block, attn, block2, resample
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.block is not None:
+            h = self.block(h, emb)
+        if self.attn is not None:
+            h = self.attn(h)
+        if self.block2 is not None:
+            h = self.block2(h, emb)
+        if self.resample is not None:
+            h = self.resample(h)
+        return h
