@@ -203,6 +203,7 @@ def iwae_nll(model: VAE, x: torch.Tensor, k: int = 1000, generator: torch.Genera
     log p(x) ≥ L_k = E[log (1/k) Σ_i p(x, z_i) / q(z_i|x)],  z_i ~ q(z|x);  L_1 is the ELBO, L_k grows
     with k and tends to log p(x). The k samples are drawn ``chunk`` at a time and combined with a running
     logsumexp, so memory is O(B · chunk) whatever k is. Returns −L_k (an upper bound on the NLL).
+    Call it on a model in ``eval()`` mode (BatchNorm must not use the statistics of the k·B decoded samples).
     """
     if k < 1 or chunk < 1:
         raise ValueError(f"need k >= 1 and chunk >= 1, got k={k}, chunk={chunk}")
