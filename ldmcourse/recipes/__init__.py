@@ -19,6 +19,7 @@ import torch.nn as nn
 _MODULES: dict[str, str] = {
     "ae": "ldmcourse.recipes.ae",
     "vae": "ldmcourse.recipes.vae",
+    "ddpm": "ldmcourse.recipes.ddpm",
 }
 
 
