@@ -21,6 +21,7 @@ _MODULES: dict[str, str] = {
     "nvae": "ldmcourse.recipes.nvae",
     "classifier": "ldmcourse.recipes.classifier",
     "vae": "ldmcourse.recipes.vae",
+    "ddpm": "ldmcourse.recipes.ddpm",
     "kl-autoencoder": "ldmcourse.recipes.kl_autoencoder",
     "ldm": "ldmcourse.recipes.ldm",
 }
