@@ -11,7 +11,8 @@ from . import Recipe
 SIZES = {
     "smoke": {"fit": dict(steps=20, batch_size=32, lr=1e-3, warmup=5, log_every=5),
               "model": dict(channels=(8, 16, 16), groups=4), "data": dict(n_train=256)},
-    "cpu": {"fit": dict(steps=1500, batch_size=64, lr=1e-3, warmup=50, log_every=50, ema_decay=0.995)},
+    "cpu": {"fit": dict(steps=800, batch_size=64, lr=1e-3, warmup=50, log_every=50, ema_decay=0.995),
+            "model": dict(channels=(16, 32, 32))},
     "gpu": {"fit": dict(steps=20000, batch_size=128, lr=4.5e-4, warmup=500, log_every=100),
             "model": dict(channels=(64, 128, 256), num_res_blocks=2, disc_weight=0.5, disc_start=10000),
             "data": dict(dataset="fashion-mnist")},

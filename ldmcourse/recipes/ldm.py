@@ -127,9 +127,32 @@ SIZES = {
 }
 
 
+@torch.no_grad()
+def test_loss_metric(model, meta, test_data, device, options):
+    """The training loss on test images, with fixed noise and timesteps (seed ``seed``): cheap, comparable."""
+    cfg = _cfg(meta)
+    loss_fn = loss(cfg)
+    g = torch.Generator(device=device).manual_seed(int(options.get("seed", 0)))
+    x, y = test_data.tensors()
+    total, n = 0.0, 0
+    for a in range(0, len(x), 256):
+        xb, yb = x[a:a + 256].to(device), y[a:a + 256].to(device)
+        l, _ = loss_fn(model, (xb, yb) if cfg.num_classes else xb, g)
+        total, n = total + float(l) * len(xb), n + len(xb)
+    return {"test_loss": total / max(n, 1), "n": n}
+
+
+def fid_metric(model, meta, test_data, device, options):
+    """FID on the course classifier's features (``ldmcourse eval --metric fid``; see recipes.classifier)."""
+    from .classifier import fid_metric as classifier_fid
+
+    return classifier_fid(model, meta, test_data, device, options)
+
+
 RECIPES = {
     "ldm": Recipe(
         name="ldm", model_config=LDMConfig, build=build, loss=loss, sizes=SIZES, picture=picture, sample=sample,
+        metrics={"test_loss": test_loss_metric, "fid": fid_metric},
         description="latent diffusion: a U-Net on the latents of a first-stage checkpoint (--first-stage none: pixels)",
     ),
 }
