@@ -59,7 +59,8 @@ def make_train_step(model: nn.Module, loss_fn: Callable, batch, *, amp: str = "n
     device = next(model.parameters()).device
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-        batch = (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
+        batch = (batch.contiguous(memory_format=torch.channels_last) if isinstance(batch, torch.Tensor)
+                 else (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, **({"fused": True} if fused and device.type == "cuda" else {}))
     ema = EMA(model, 0.999) if ema_every else None
     gen = generator if generator is not None else torch.Generator(device=device).manual_seed(0)
