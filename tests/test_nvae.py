@@ -187,6 +187,8 @@ def test_iwae_bound_is_at_least_the_elbo_and_k1_is_one_log_weight():
     assert abs(float(mc - an)) < 0.02 * abs(float(an))
     ll = iwae_log_likelihood(m, x, k=64, generator=torch.Generator().manual_seed(5), chunk=20)
     assert torch.all(ll >= an - 1.0) and ll[0] > mc
+    with pytest.raises(ValueError, match="eval"):
+        iwae_log_likelihood(m.train(), x, k=2)
 
 
 def test_readjust_bn_changes_a_copy_only():

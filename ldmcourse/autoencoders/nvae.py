@@ -198,8 +198,11 @@ class NVAE(nn.Module):
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> NVAEOutput:
         """x in [-1, 1] (binarised: {-1, 1}) -> logits of p(x | z) with z ~ q(z | x), and per-group KL terms."""
-        feats = self.encode(x)
-        s = self.h0.expand(x.shape[0], -1, -1, -1)  # (B, c_top, 7, 7)
+        return self.top_down(self.encode(x), generator)
+
+    def top_down(self, feats: list[torch.Tensor], generator: torch.Generator | None = None) -> NVAEOutput:
+        """Walk the shared top-down path with posterior samples, given the encoder's features."""
+        s = self.h0.expand(feats[0].shape[0], -1, -1, -1)  # (B, c_top, 7, 7)
         kl, log_q, log_p, zs = [], [], [], []
         for l in range(self.n_groups):
             s = self._step_down(l, s)
@@ -307,11 +310,14 @@ def nvae_loss(cfg: NVAEConfig):
     return loss_fn
 
 
+def _log_w(out: NVAEOutput, x: torch.Tensor) -> torch.Tensor:
+    return bernoulli_log_prob(out.logits, x) + sum(p - q for p, q in zip(out.log_p, out.log_q))
+
+
 @torch.no_grad()
 def log_weights(model: NVAE, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """log w = log p(x | z) + sum_l [log p(z_l | z_<l) - log q(z_l | z_<l, x)] for one z ~ q per image: (B,)."""
-    out = model(x, generator=generator)
-    return bernoulli_log_prob(out.logits, x) + sum(p - q for p, q in zip(out.log_p, out.log_q))
+    return _log_w(model(x, generator=generator), x)
 
 
 @torch.no_grad()
@@ -328,15 +334,23 @@ def iwae_log_likelihood(model: NVAE, x: torch.Tensor, k: int, generator: torch.G
 
         log p(x) >= log (1/k) sum_i w_i,   w_i = p(x, z_i) / q(z_i | x),  z_i ~ q(z | x)
 
-    The bound tightens as k grows (k = 1 is the single-sample ELBO). Runs ``chunk`` copies at a time.
-    Call on a model in eval mode, so BatchNorm uses its running statistics and images do not interact.
+    The bound tightens as k grows (k = 1 is the single-sample ELBO). The bottom-up encoder runs once
+    per image; the top-down path runs for ``chunk`` samples at a time. Call on a model in eval mode, so
+    BatchNorm uses its running statistics and the k samples do not interact.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if model.training:
+        raise ValueError("iwae_log_likelihood needs model.eval(): in train mode BatchNorm mixes the k samples")
     out = []
-    for xi in x:  # (C, H, W)
-        lw = torch.cat([log_weights(model, xi.expand(min(chunk, k - j), *xi.shape), generator)
-                        for j in range(0, k, chunk)])  # (k,)
+    for xi in x[:, None]:  # (1, C, H, W)
+        feats = model.encode(xi)  # deterministic given x in eval mode
+        lw = []
+        for j in range(0, k, chunk):
+            m = min(chunk, k - j)
+            o = model.top_down([f.expand(m, -1, -1, -1) for f in feats], generator)
+            lw.append(_log_w(o, xi.expand(m, -1, -1, -1)))
+        lw = torch.cat(lw)  # (k,)
         out.append(torch.logsumexp(lw.double(), 0) - torch.log(torch.tensor(float(k), dtype=torch.float64)))
     return torch.stack(out).float()
 
