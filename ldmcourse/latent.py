@@ -7,9 +7,10 @@ and the diffusion process (``ldmcourse.diffusion``); none of those import each o
 
 - :class:`FirstStage` adapts any autoencoder to ``encode(x) -> z (B, c, h, w)`` and ``decode(z) -> x``:
   the KL autoencoder (``ldmcourse.autoencoders.kl``), the VAE of notebook 02 (vector latent, reshaped
-  to a small map), the NVAE of notebook 03 (its top latent group), the identity (pixel diffusion
-  through the very same code path: what the speed benchmark compares against), or any pair of
-  functions.
+  to a small map), the NVAE of notebook 03 (diffusion models its *top* group z_1; decoding runs the
+  top-down path with the finer groups at their conditional prior means — a two-level latent model in
+  the spirit of LSGM / NVAE + diffusion), or the identity (pixel diffusion through the very same code
+  path: what the speed benchmark compares against).
 - :class:`LatentDiffusion` holds the frozen first stage, the ε-network and the scale factor
   s = 1/std(z). latent-diffusion's ``scale_by_std``: the first stage's latents have an arbitrary scale
   (the tiny KL weight barely constrains it; SD's is 1/0.18215 ≈ 5.5), while the diffusion schedule
@@ -61,6 +62,8 @@ class FirstStage(nn.Module):
             latent_shape = tuple(image_shape)
         elif kind == "kl" and latent_shape is None:
             latent_shape = tuple(cfg.latent_shape)
+        elif kind == "nvae" and latent_shape is None:
+            latent_shape = tuple(model.latent_shapes[0])  # the top (coarsest) group z_1
         elif kind == "vae" and latent_shape is None:
             d = cfg.latent_dim  # a vector latent: make it the most square single-channel map
             side = int(math.isqrt(d))
@@ -76,7 +79,7 @@ class FirstStage(nn.Module):
     def _guess(model) -> str:
         if model is None:
             return "identity"
-        if hasattr(model, "encode_latent") and hasattr(model, "decode_latent"):
+        if hasattr(model, "latent_shapes") and hasattr(model, "dec_comb"):
             return "nvae"
         if hasattr(model, "decode_mean"):
             return "vae"
@@ -97,6 +100,8 @@ class FirstStage(nn.Module):
             return 1
         if self.kind == "kl":
             return self.model.cfg.factor
+        if self.kind == "nvae":
+            return self.image_shape[-1] // self.latent_shape[-1]
         return None
 
     @torch.no_grad()
@@ -114,7 +119,7 @@ class FirstStage(nn.Module):
             if sample:
                 z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             return z.reshape(-1, *self.latent_shape)  # (B, d) -> (B, c, h, w)
-        return self.model.encode_latent(x).reshape(-1, *self.latent_shape)
+        return self._nvae_encode_top(x, generator, sample)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -124,7 +129,27 @@ class FirstStage(nn.Module):
             return self.model.decode(z)
         if self.kind == "vae":
             return self.model.decode_mean(z.flatten(1))  # (B, c, h, w) -> (B, d) -> image
-        return self.model.decode_latent(z)
+        return self._nvae_decode_top(z)
+
+    # --- NVAE: the top group z_1 is the latent; q(z_1 | x) = N(Δμ, Δσ) relative to p(z_1) = N(0, I)
+    def _nvae_encode_top(self, x, generator, sample):
+        from .autoencoders.nvae import soft_clamp
+
+        m = self.model
+        d_mu, d_log_sig = (soft_clamp(t) for t in m.posterior[0](m.encode(x)[0]).chunk(2, dim=1))  # 2 x (B, Z, h, w)
+        if not sample:
+            return d_mu.contiguous()
+        eps = torch.randn(d_mu.shape, generator=generator, device=d_mu.device, dtype=d_mu.dtype)
+        return (d_mu + d_log_sig.exp() * eps).contiguous()
+
+    def _nvae_decode_top(self, z1):
+        m = self.model
+        s = m.dec_comb[0](m.h0.expand(z1.shape[0], -1, -1, -1), z1)
+        for l in range(1, m.n_groups):  # finer groups at their conditional prior means (temperature 0)
+            s = m._step_down(l, s)
+            mu_p, _ = m._prior(l, s)
+            s = m.dec_comb[l](s, mu_p)
+        return torch.sigmoid(m.out(m.post(s))) * 2 - 1  # Bernoulli mean, in [-1, 1]
 
 
 class LatentDiffusion(nn.Module):

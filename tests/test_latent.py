@@ -238,3 +238,26 @@ def test_pixel_ldm_is_plain_diffusion(tmp_path):
     assert torch.equal(model.encode(x), x) and torch.equal(model.decode(x), x)
     with pytest.raises(ValueError, match="num-classes"):
         LDMConfig(p_uncond=0.1)
+
+
+def test_nvae_first_stage_diffuses_the_top_group():
+    pytest.importorskip("ldmcourse.diffusion")
+    from ldmcourse.autoencoders.nvae import NVAE, NVAEConfig
+    from ldmcourse.latent import FirstStage
+
+    torch.manual_seed(0)
+    nvae = NVAE(NVAEConfig(image_size=32, channels=8, latent_channels=4, groups_per_scale=(1, 1))).eval()
+    fs = FirstStage(nvae)
+    assert fs.kind == "nvae" and fs.latent_shape == (4, 8, 8) and fs.factor == 4
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    z_mean = fs.encode(x, sample=False)
+    z = fs.encode(x, torch.Generator().manual_seed(0))
+    assert z.shape == z_mean.shape == (3, 4, 8, 8) and not torch.equal(z, z_mean)
+    with torch.no_grad():
+        out = fs.decode(z_mean)
+        mu_q = 5 * torch.tanh(nvae.posterior[0](nvae.encode(x)[0]).chunk(2, dim=1)[0] / 5)  # q(z_1|x) mean
+        # z_1 = 0 (the prior mean) with every finer group at its prior mean is NVAE's own temperature-0 sample
+        ref = torch.sigmoid(nvae.sample(2, temperature=0.0)) * 2 - 1
+        torch.testing.assert_close(fs.decode(torch.zeros(2, 4, 8, 8)), ref)
+    torch.testing.assert_close(z_mean, mu_q)
+    assert out.shape == (3, 1, 32, 32) and float(out.min()) >= -1 and float(out.max()) <= 1
