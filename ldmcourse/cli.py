@@ -310,8 +310,14 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "class_label", None) is not None:
         options["y"] = args.class_label
     t0 = time.perf_counter()
-    x = recipe.sample(model, meta, args.n, g, device, sampler=args.sampler, steps=args.steps,
-                      batch_size=args.batch_size, **options)
+    try:
+        x = recipe.sample(model, meta, args.n, g, device, sampler=args.sampler, steps=args.steps,
+                          batch_size=args.batch_size, **options)
+    except TypeError as e:
+        if "guidance" not in str(e):
+            raise
+        raise SystemExit(f"error: a {meta['kind']!r} model does not take --guidance ({e}); "
+                         "classifier-free guidance needs a class-conditional ldm (train ldm --num-classes K --p-uncond 0.1)")
     secs = time.perf_counter() - t0
     save_grid(x, args.out, nrow=int(max(1, round(args.n ** 0.5))))
     result = {"out": args.out, "n": args.n, "sampler": args.sampler, "steps": args.steps, "seconds": round(secs, 3)}
