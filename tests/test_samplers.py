@@ -188,3 +188,127 @@ def test_ve_and_discrete_converge_to_reference():
             err.setdefault(n, []).append(float((out - ref).abs().max()))
     ratio = {n: e[0] / e[1] for n, e in err.items()}
     assert 1.8 < ratio["ddim"] < 2.3 and ratio["heun"] > 3.3 and ratio["dpm_solver++_2m"] > 3.3, err
+
+
+# ------------------------------------------------------------------------------------------------
+# parity with diffusers' schedulers: same ε-model, starting noise and timesteps -> same final x
+# ------------------------------------------------------------------------------------------------
+
+diffusers = pytest.importorskip("diffusers")  # dev extra
+
+
+def _diffusers_loop(scheduler, model, sample, n_steps, scale_input=False, generator=None, **step_kw):
+    scheduler.set_timesteps(n_steps)
+    for t in scheduler.timesteps:
+        inp = scheduler.scale_model_input(sample, t) if scale_input else sample
+        eps = model(inp, torch.full((sample.shape[0],), int(round(float(t))), dtype=torch.long))
+        kw = dict(step_kw, generator=generator) if generator is not None else step_kw
+        sample = scheduler.step(eps, t, sample, **kw).prev_sample
+    return sample
+
+
+CFG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+M32 = image_mixture((1, 4, 4), k=3, std=0.3).eps_model(SCHEDULE, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_parity_diffusers_ddim(eta):
+    x_T = _xT(dtype=torch.float32)
+    sch = diffusers.DDIMScheduler(**CFG, clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
+    ref = _diffusers_loop(sch, M32, x_T.clone(), 25, eta=eta, generator=_gen(3))
+    ours = SAMPLERS["ddim"](M32, x_T, SCHEDULE, steps=25, eta=eta, generator=_gen(3))
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_parity_diffusers_ddpm():
+    """diffusers' "fixed_small" variance is β̃ (our variance="beta_tilde"); noise is drawn in the same order."""
+    x_T = _xT(dtype=torch.float32)
+    sch = diffusers.DDPMScheduler(**CFG, clip_sample=False, variance_type="fixed_small", timestep_spacing="leading")
+    ref = _diffusers_loop(sch, M32, x_T.clone(), 50, generator=_gen(4))
+    ours = SAMPLERS["ddpm"](M32, x_T, SCHEDULE, steps=50, variance="beta_tilde", generator=_gen(4))
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("skip_prk", [False, True])
+def test_parity_diffusers_pndm(skip_prk):
+    """PNDM with its pseudo-Runge–Kutta warm start (3 steps × 4 calls), or the pseudo-Heun start of
+    ``skip_prk_steps``. ``set_alpha_to_one=True``: diffusers' default (False) ends at ᾱ_0, not at clean data."""
+    x_T = _xT(dtype=torch.float32)
+    sch = diffusers.PNDMScheduler(**CFG, skip_prk_steps=skip_prk, set_alpha_to_one=True, steps_offset=0,
+                                  timestep_spacing="leading")
+    ref = _diffusers_loop(sch, M32, x_T.clone(), 20)
+    model = CountCalls(M32)
+    ours = SAMPLERS["plms"](model, x_T, SCHEDULE, steps=20, warmup="heun" if skip_prk else "prk")
+    assert model.n == len(sch.timesteps)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("steps", [10, 25])
+def test_parity_diffusers_dpm_solver_pp_2m(steps):
+    x_T = _xT(dtype=torch.float32)
+    sch = diffusers.DPMSolverMultistepScheduler(**CFG, algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+                                                lower_order_final=True, final_sigmas_type="zero", timestep_spacing="leading")
+    ref = _diffusers_loop(sch, M32, x_T.clone(), steps)
+    # its "leading" spacing is its own (step T//(N+1), dropping 0): pass its timesteps explicitly
+    ours = SAMPLERS["dpm_solver++_2m"](M32, x_T, SCHEDULE, timesteps=sch.timesteps)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,cls", [("euler", "EulerDiscreteScheduler"), ("heun", "HeunDiscreteScheduler")])
+def test_parity_diffusers_euler_heun(name, cls):
+    """diffusers works in x̄ = x/α (VE scale, σ̄ = √((1-ᾱ)/ᾱ)) and feeds the model x̄/√(σ̄²+1) = x:
+    we start it at x_T/α_{t_0}; its final σ̄ = 0 point is clean data, as ours."""
+    x_T = _xT(dtype=torch.float32)
+    sch = getattr(diffusers, cls)(**CFG, timestep_spacing="leading")
+    sch.set_timesteps(20)
+    a0 = SCHEDULE.sqrt_alphas_cumprod[int(sch.timesteps[0])].item()
+    model = CountCalls(M32)
+    ref = _diffusers_loop(sch, M32, x_T.clone() / a0, 20, scale_input=True)
+    ours = SAMPLERS[name](model, x_T, SCHEDULE, steps=20)
+    assert model.n == len(sch.timesteps)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# stochastic samplers: the output distribution approaches the data
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["euler_maruyama", "pc", "ddim", "dpm_solver++_2m"])
+def test_distribution_approaches_data(name):
+    mix = ring_mixture(8, radius=1.0, std=0.1)
+    sde = VPSDE()
+    data = mix.sample(2000, _gen(0), dtype=torch.float64)
+    x_T = torch.randn(2000, 2, generator=_gen(1), dtype=torch.float64)
+    swd = {}
+    for N in (10, 200):
+        out = SAMPLERS[name](mix.eps_model(sde), x_T, sde, steps=N, generator=_gen(2), spacing="logsnr")
+        swd[N] = sliced_wasserstein(out, data, generator=_gen(9))
+    floor = sliced_wasserstein(mix.sample(2000, _gen(5), dtype=torch.float64), data, generator=_gen(9))
+    assert swd[200] < 2.5 * floor + 0.01, (swd, floor)  # floor: two independent data samples
+    # the seed post's bug, ε fed where the score s = -ε/σ belongs, lands far from the data
+    wrong = lambda x, t: -mix.eps_model(sde)(x, t) * float(sde.marginal(float(t[0]))[1])  # noqa: E731  (-ε_wrong/σ = ε)
+    bad = SAMPLERS[name](wrong, x_T, sde, steps=200, generator=_gen(2), spacing="logsnr")
+    assert sliced_wasserstein(bad, data, generator=_gen(9)) > 3 * swd[200]
+
+
+# ------------------------------------------------------------------------------------------------
+# chunked sampling
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["ddim", "euler_maruyama", "pc"])
+def test_sample_chunked_is_independent_of_batch_size(name):
+    model = MIX.eps_model(SCHEDULE)
+    kw = dict(schedule=SCHEDULE, steps=8, eta=0.5) if name == "ddim" else dict(schedule=SCHEDULE, steps=8)
+    one = sample_chunked(name, model, (1, 4, 4), 7, batch_size=7, generator=_gen(0), dtype=torch.float64, **kw)
+    chunks = sample_chunked(name, model, (1, 4, 4), 7, batch_size=3, generator=_gen(0), dtype=torch.float64, **kw)
+    torch.testing.assert_close(one, chunks, rtol=0, atol=1e-12)
+    other = sample_chunked(name, model, (1, 4, 4), 7, batch_size=3, generator=_gen(1), dtype=torch.float64, **kw)
+    assert (other - one).abs().max() > 1e-3
+
+
+def test_deterministic_list_is_right():
+    model = MIX.eps_model(SCHEDULE)
+    for name in DETERMINISTIC:
+        a = SAMPLERS[name](model, _xT(), SCHEDULE, steps=6, generator=_gen(0))
+        b = SAMPLERS[name](model, _xT(), SCHEDULE, steps=6, generator=_gen(1))
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

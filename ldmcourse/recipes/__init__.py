@@ -19,7 +19,11 @@ import torch.nn as nn
 _MODULES: dict[str, str] = {
     "ae": "ldmcourse.recipes.ae",
     "nvae": "ldmcourse.recipes.nvae",
+    "classifier": "ldmcourse.recipes.classifier",
     "vae": "ldmcourse.recipes.vae",
+    "ddpm": "ldmcourse.recipes.ddpm",
+    "kl-autoencoder": "ldmcourse.recipes.kl_autoencoder",
+    "ldm": "ldmcourse.recipes.ldm",
 }
 
 

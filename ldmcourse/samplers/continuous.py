@@ -100,20 +100,23 @@ def euler_maruyama(eps_model, x_T, schedule, steps=None, generator=None, timeste
 def pc(eps_model, x_T, schedule, steps=None, generator=None, timesteps=None, spacing="leading",
        callback=None, final_step=True, snr: float = 0.16, corrector_steps: int = 1):
     """Predictor–corrector sampling (Song et al. 2021, Algorithms 2–3): at each noise level, Langevin
-    corrector steps, then an Euler–Maruyama predictor step to the next level.
+    corrector steps, then an Euler–Maruyama predictor step to the next level. NFE = (1 + corrector_steps)
+    per step.
 
-    Langevin: x <- x + δ s_θ + √(2δ) z with δ = 2 a (snr ‖z‖ / ‖s_θ‖)² per sample, a = e^{2F}
-    (≈ α_i = 1 - β_i of the step for VP, 1 for VE). NFE ≈ (1 + corrector_steps)·steps."""
+    Langevin: x <- x + δ s_θ + √(2δ) z. Song et al. set δ = 2a (snr ‖z‖/‖s_θ‖)² with a = α_i (1 - β_i for
+    VP, 1 for VE). With s_θ = -ε_θ/σ and, in high dimension, ‖z‖ ≈ ‖ε_θ‖ ≈ √D, that is δ = 2a (snr σ)²,
+    the form used here: per-sample norms explode in low dimension (‖ε_θ‖ -> 0 between modes), and
+    score_sde's batch-averaged norms would make a sample depend on the rest of its batch. a = e^{2F}
+    (F = ∫f over the predictor step)."""
     grid = make_grid(schedule, steps, timesteps, spacing, final_step)
     x = x_T
     for k in range(grid.n_steps):
-        a_L = math.exp(2 * grid.process.increments(grid.times[k], grid.times[k + 1])[0]) if grid.sigma[k + 1] > 0 else 1.0
+        last = grid.sigma[k + 1] == 0
+        a_L = 1.0 if last else math.exp(2 * grid.process.increments(grid.times[k], grid.times[k + 1])[0])
+        delta = 2 * a_L * (snr * grid.sigma[k]) ** 2
         for _ in range(corrector_steps):
             score = -grid.eps(eps_model, x, k) / grid.sigma[k]
-            z = randn(x, generator)
-            ratio = z.flatten(1).norm(dim=1) / score.flatten(1).norm(dim=1).clamp_min(1e-12)
-            delta = (2 * a_L * (snr * ratio) ** 2).reshape(-1, *[1] * (x.ndim - 1))
-            x = x + delta * score + (2 * delta).sqrt() * z
+            x = x + delta * score + math.sqrt(2 * delta) * randn(x, generator)
         eps = grid.eps(eps_model, x, k)
         x0 = grid.x0(x, eps, k)
         x = x0 if grid.sigma[k + 1] == 0 else _em_step(x, eps, grid, k, generator)
