@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .distributed import cleanup, ddp_wrap, launched_by_torchrun, setup
 from .profiles import PROFILES, get_profile
 
 DATA_FIELDS = {"dataset": "mnist5k", "image_size": 32, "n_train": None, "data_root": None}
@@ -165,6 +166,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="PNG file")
     s.add_argument("--device", default="auto")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra sampler option, e.g. eta=0.5")
+    s.add_argument("--guidance", type=float, default=None, metavar="S",
+                   help="classifier-free guidance scale (0: unconditional, 1: conditional; needs --class)")
+    s.add_argument("--class", dest="class_label", type=int, default=None, metavar="C", help="class label to sample")
+
+    _add_inpaint_parser(sub)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON object as the last line")
     e.add_argument("--ckpt", required=True)
@@ -209,6 +215,11 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     profile = get_profile(args.profile)
     device = _device(args.device, profile)
+    dist_info = None
+    if launched_by_torchrun():  # torchrun --nproc_per_node N -m ldmcourse train ...: one process per device
+        dist_info = setup("cpu" if device.type == "cpu" else "auto")
+        device = dist_info.device
+    rank, world = (dist_info.rank, dist_info.world) if dist_info else (0, 1)
     recipe = get_recipe(args.model)
     sizes = recipe.sizes.get(profile, {})
     file_cfg = read_config_file(args.config)
@@ -243,10 +254,19 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         picture_fn.name = name
 
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"[ldmcourse] train {recipe.name} on {train_data.name} ({len(train_data)} images, {c}x{h}x{w}); "
-          f"profile={profile} device={device} params={n_params:,} steps={fit_cfg.steps} batch={fit_cfg.batch_size}")
-    res = fit(model, recipe.loss(model_cfg), train_data, fit_cfg, device=device, out_dir=out, resume=args.resume,
-              picture_fn=picture_fn, meta=meta)
+    if rank == 0:
+        print(f"[ldmcourse] train {recipe.name} on {train_data.name} ({len(train_data)} images, {c}x{h}x{w}); "
+              f"profile={profile} device={device} params={n_params:,} steps={fit_cfg.steps} batch={fit_cfg.batch_size}"
+              + (f" (global; {world} processes)" if world > 1 else ""))
+    try:
+        res = fit(model, recipe.loss(model_cfg), train_data, fit_cfg, device=device, out_dir=out, resume=args.resume,
+                  picture_fn=picture_fn, meta=meta, rank=rank, world=world,
+                  wrap=ddp_wrap(device) if world > 1 else None)
+    finally:
+        if dist_info is not None:
+            cleanup()
+    if rank != 0:
+        return {"rank": rank}
     summary: dict[str, Any] = {
         "kind": recipe.name, "dataset": train_data.name, "profile": profile, "device": str(device),
         "params": n_params, "steps": res.step, "train_seconds": round(res.seconds, 2),
@@ -284,9 +304,20 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"error: a {meta['kind']!r} model cannot sample ({recipe.description}); "
                          "use `ldmcourse eval --metric recon`, or train a generative model (vae, ddpm, ldm)")
     g = torch.Generator(device=device).manual_seed(args.seed)
+    options = _options(args.option)
+    if getattr(args, "guidance", None) is not None:
+        options["guidance"] = args.guidance
+    if getattr(args, "class_label", None) is not None:
+        options["y"] = args.class_label
     t0 = time.perf_counter()
-    x = recipe.sample(model, meta, args.n, g, device, sampler=args.sampler, steps=args.steps,
-                      batch_size=args.batch_size, **_options(args.option))
+    try:
+        x = recipe.sample(model, meta, args.n, g, device, sampler=args.sampler, steps=args.steps,
+                          batch_size=args.batch_size, **options)
+    except TypeError as e:
+        if "guidance" not in str(e):
+            raise
+        raise SystemExit(f"error: a {meta['kind']!r} model does not take --guidance ({e}); "
+                         "classifier-free guidance needs a class-conditional ldm (train ldm --num-classes K --p-uncond 0.1)")
     secs = time.perf_counter() - t0
     save_grid(x, args.out, nrow=int(max(1, round(args.n ** 0.5))))
     result = {"out": args.out, "n": args.n, "sampler": args.sampler, "steps": args.steps, "seconds": round(secs, 3)}
@@ -312,12 +343,95 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+# ----------------------------------------------------------------------------------------------
+# inpaint (a model's recipe module provides ``inpaint(model, meta, x_known, keep, generator, device, ...)``)
+# ----------------------------------------------------------------------------------------------
+
+def _add_inpaint_parser(sub) -> None:
+    i = sub.add_parser("inpaint", help="fill the masked region of images with a trained diffusion model",
+                       description="Inpaint IMAGE where MASK says so and write a PNG grid: per image, the masked "
+                                   "input, N inpaintings, the original.")
+    i.add_argument("--ckpt", required=True)
+    i.add_argument("--image", required=True, help="a PNG file, or test:I[,J,...] for images of the model's test set")
+    i.add_argument("--mask", required=True, help="box | half | strokes | a PNG file (white = fill, black = keep)")
+    i.add_argument("--out", required=True, help="PNG file")
+    i.add_argument("--method", default="repaint", choices=("replace", "repaint", "none"))
+    i.add_argument("--jump-length", type=int, default=5, help="RePaint: steps per segment (j)")
+    i.add_argument("--resample", type=int, default=5, help="RePaint: runs of each segment (r)")
+    i.add_argument("--sampler", default="ddim")
+    i.add_argument("--steps", type=int, default=50)
+    i.add_argument("--n", type=int, default=4, help="inpaintings per image")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--device", default="auto")
+    i.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra sampler option, e.g. eta=1")
+
+
+def _read_images(spec: str, meta: dict[str, Any]) -> torch.Tensor:
+    """(B, C, H, W) in [-1, 1] at the model's image shape, from a PNG or ``test:I,J``."""
+    c, h, w = meta["image_shape"]
+    if spec.startswith("test:"):
+        from .data import load_dataset
+
+        test = load_dataset(meta["dataset"], "test", size=h, root=meta.get("data_root"), download=False)
+        try:
+            idx = torch.tensor([int(v) for v in spec[5:].split(",")])
+        except ValueError:
+            raise SystemExit(f"error: --image {spec!r}: write test:I or test:I,J,... with integer indices")
+        if int(idx.max()) >= len(test) or int(idx.min()) < 0:
+            raise SystemExit(f"error: --image {spec!r}: the test set has {len(test)} images")
+        return test.get_batch(idx)[0]
+    if not Path(spec).exists():
+        raise SystemExit(f"error: --image {spec} does not exist (give a PNG file or test:I)")
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(spec).convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)
+    return (x[None, None] if c == 1 else x.permute(2, 0, 1)[None]).contiguous()
+
+
+def cmd_inpaint(args: argparse.Namespace) -> dict[str, Any]:
+    import importlib
+
+    from .inpaint import MASKS, load_mask, make_mask, masked_mse
+    from .recipes import _MODULES
+    from .utils import save_grid
+
+    device = _device(args.device)
+    model, meta, recipe = load_model(args.ckpt, device)
+    fn = getattr(importlib.import_module(_MODULES[meta["kind"]]), "inpaint", None)
+    if fn is None:
+        raise SystemExit(f"error: a {meta['kind']!r} model cannot inpaint; train a diffusion model (ldm)")
+    x = _read_images(args.image, meta)
+    size = meta["image_shape"][-1]
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    if args.mask in MASKS:
+        keep = make_mask(args.mask, size, generator=torch.Generator().manual_seed(args.seed))
+    elif Path(args.mask).exists():
+        keep = load_mask(args.mask, size)
+    else:
+        raise SystemExit(f"error: --mask {args.mask!r} is neither one of {', '.join(MASKS)} nor an existing PNG file")
+    x_rep = x.repeat_interleave(args.n, 0)
+    t0 = time.perf_counter()
+    out = fn(model, meta, x_rep, keep, g, device, sampler=args.sampler, steps=args.steps, method=args.method,
+             jump_length=args.jump_length, resample=args.resample, **_options(args.option))
+    secs = time.perf_counter() - t0
+    rows = []
+    for b in range(len(x)):  # masked input (hole in grey), N inpaintings, original
+        rows += [x[b:b + 1] * keep, out[b * args.n:(b + 1) * args.n], x[b:b + 1]]
+    save_grid(torch.cat(rows), args.out, nrow=args.n + 2)
+    result = {"out": args.out, "images": len(x), "n": args.n, "method": args.method, "sampler": args.sampler,
+              "steps": args.steps, "masked_mse": float(masked_mse(out, x_rep, keep).mean()), "seconds": round(secs, 3)}
+    print(json.dumps(result))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
-        {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}[args.command](args)
+        {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "inpaint": cmd_inpaint}[args.command](args)
     except KeyboardInterrupt:
         print("\n[ldmcourse] interrupted; the last checkpoint written is intact (resume with --resume)", file=sys.stderr)
         return 130

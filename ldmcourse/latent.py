@@ -7,9 +7,10 @@ and the diffusion process (``ldmcourse.diffusion``); none of those import each o
 
 - :class:`FirstStage` adapts any autoencoder to ``encode(x) -> z (B, c, h, w)`` and ``decode(z) -> x``:
   the KL autoencoder (``ldmcourse.autoencoders.kl``), the VAE of notebook 02 (vector latent, reshaped
-  to a small map), the NVAE of notebook 03 (its top latent group), the identity (pixel diffusion
-  through the very same code path: what the speed benchmark compares against), or any pair of
-  functions.
+  to a small map), the NVAE of notebook 03 (diffusion models its *top* group z_1; decoding runs the
+  top-down path with the finer groups at their conditional prior means — a two-level latent model in
+  the spirit of LSGM / NVAE + diffusion), or the identity (pixel diffusion through the very same code
+  path: what the speed benchmark compares against).
 - :class:`LatentDiffusion` holds the frozen first stage, the ε-network and the scale factor
   s = 1/std(z). latent-diffusion's ``scale_by_std``: the first stage's latents have an arbitrary scale
   (the tiny KL weight barely constrains it; SD's is 1/0.18215 ≈ 5.5), while the diffusion schedule
@@ -27,6 +28,8 @@ import torch.nn as nn
 
 from .diffusion import as_eps_model, diffusion_loss
 from .guidance import cfg_eps_model
+from .inpaint import inpaint_latent
+from .samplers import get_sampler, sample_chunked
 from .schedules import Schedule
 
 
@@ -59,6 +62,8 @@ class FirstStage(nn.Module):
             latent_shape = tuple(image_shape)
         elif kind == "kl" and latent_shape is None:
             latent_shape = tuple(cfg.latent_shape)
+        elif kind == "nvae" and latent_shape is None:
+            latent_shape = tuple(model.latent_shapes[0])  # the top (coarsest) group z_1
         elif kind == "vae" and latent_shape is None:
             d = cfg.latent_dim  # a vector latent: make it the most square single-channel map
             side = int(math.isqrt(d))
@@ -74,7 +79,7 @@ class FirstStage(nn.Module):
     def _guess(model) -> str:
         if model is None:
             return "identity"
-        if hasattr(model, "encode_latent") and hasattr(model, "decode_latent"):
+        if hasattr(model, "latent_shapes") and hasattr(model, "dec_comb"):
             return "nvae"
         if hasattr(model, "decode_mean"):
             return "vae"
@@ -95,22 +100,26 @@ class FirstStage(nn.Module):
             return 1
         if self.kind == "kl":
             return self.model.cfg.factor
+        if self.kind == "nvae":
+            return self.image_shape[-1] // self.latent_shape[-1]
         return None
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> torch.Tensor:
+        """x -> z; ``sample`` (default: the adapter's setting) draws from q(z|x) instead of taking its mean."""
+        sample = self.sample if sample is None else sample
         if self.kind == "identity":
             return x
         if self.kind == "kl":
             post = self.model.encode(x)
-            return post.sample(generator) if self.sample else post.mode()  # (B, c, h, w)
+            return post.sample(generator) if sample else post.mode()  # (B, c, h, w)
         if self.kind == "vae":
             mu, logvar = self.model.encode(x)
             z = mu
-            if self.sample:
+            if sample:
                 z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             return z.reshape(-1, *self.latent_shape)  # (B, d) -> (B, c, h, w)
-        return self.model.encode_latent(x).reshape(-1, *self.latent_shape)
+        return self._nvae_encode_top(x, generator, sample)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -120,7 +129,27 @@ class FirstStage(nn.Module):
             return self.model.decode(z)
         if self.kind == "vae":
             return self.model.decode_mean(z.flatten(1))  # (B, c, h, w) -> (B, d) -> image
-        return self.model.decode_latent(z)
+        return self._nvae_decode_top(z)
+
+    # --- NVAE: the top group z_1 is the latent; q(z_1 | x) = N(Δμ, Δσ) relative to p(z_1) = N(0, I)
+    def _nvae_encode_top(self, x, generator, sample):
+        from .autoencoders.nvae import soft_clamp
+
+        m = self.model
+        d_mu, d_log_sig = (soft_clamp(t) for t in m.posterior[0](m.encode(x)[0]).chunk(2, dim=1))  # 2 x (B, Z, h, w)
+        if not sample:
+            return d_mu.contiguous()
+        eps = torch.randn(d_mu.shape, generator=generator, device=d_mu.device, dtype=d_mu.dtype)
+        return (d_mu + d_log_sig.exp() * eps).contiguous()
+
+    def _nvae_decode_top(self, z1):
+        m = self.model
+        s = m.dec_comb[0](m.h0.expand(z1.shape[0], -1, -1, -1), z1)
+        for l in range(1, m.n_groups):  # finer groups at their conditional prior means (temperature 0)
+            s = m._step_down(l, s)
+            mu_p, _ = m._prior(l, s)
+            s = m.dec_comb[l](s, mu_p)
+        return torch.sigmoid(m.out(m.post(s))) * 2 - 1  # Bernoulli mean, in [-1, 1]
 
 
 class LatentDiffusion(nn.Module):
@@ -162,8 +191,8 @@ class LatentDiffusion(nn.Module):
         return self.scale_factor
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self._scale() * self.first_stage.encode(x, generator)  # (B, C, H, W) -> (B, c, h, w)
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> torch.Tensor:
+        return self._scale() * self.first_stage.encode(x, generator, sample)  # (B, C, H, W) -> (B, c, h, w)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -205,27 +234,55 @@ def latent_eps_model(model: LatentDiffusion, schedule: Schedule, prediction: str
 
 
 @torch.no_grad()
-def sample_latent(model: LatentDiffusion, sampler: Callable, schedule: Schedule, n: int, steps: int = 50,
+def sample_latent(model: LatentDiffusion, sampler: Callable | str, schedule: Schedule, n: int, steps: int = 50,
                   generator: torch.Generator | None = None, device: str | torch.device = "cpu", y=None,
                   guidance: float | None = None, prediction: str = "eps", decode: bool = True,
                   batch_size: int | None = None, **options) -> torch.Tensor:
-    """Draw ``n`` samples: x_T ~ N(0, I) in latent space, ``sampler``, then decode (unless ``decode=False``).
+    """Draw ``n`` samples: x_T ~ N(0, I) in latent space, ``sampler`` (a function or a SAMPLERS name),
+    then decode (unless ``decode=False``). Returns them on ``device``.
 
-    ``batch_size`` chunks the work (each chunk draws its x_T from ``generator`` in turn). ``y``: a label
-    (int) or (n,) labels for guided sampling.
+    ``y``: None (unconditional), one label (int) for all, or (n,) labels; ``guidance``: the CFG scale.
+    With ``y`` None or an int, chunks of ``batch_size`` go through ``sample_chunked``: the same images
+    whatever the chunk size.
     """
     device = torch.device(device)
-    if isinstance(y, int):
-        y = torch.full((n,), y, dtype=torch.long)
+    fn = get_sampler(sampler)
     bs = batch_size or n
-    outs = []
-    for a in range(0, n, bs):
-        b = min(n, a + bs)
-        x_T = torch.randn((b - a, *model.latent_shape), generator=generator, device=device)
-        eps = latent_eps_model(model, schedule, prediction, None if y is None else y[a:b].to(device), guidance)
-        z = sampler(eps, x_T, schedule, steps=steps, generator=generator, **options)
-        outs.append(model.decode(z) if decode else z)
-    return torch.cat(outs)
+    if y is None or isinstance(y, int):
+        eps = latent_eps_model(model, schedule, prediction, y, guidance)
+        z = sample_chunked(fn, eps, model.latent_shape, n, bs, generator, schedule=schedule, device=device,
+                           out_device=device, steps=steps, **options)
+    else:
+        y = torch.as_tensor(y).long()
+        if y.shape != (n,):
+            raise ValueError(f"y must be one label or {n} labels, got shape {tuple(y.shape)}")
+        zs = []
+        for a in range(0, n, bs):
+            b = min(n, a + bs)
+            x_T = torch.randn((b - a, *model.latent_shape), generator=generator, device=device)
+            eps = latent_eps_model(model, schedule, prediction, y[a:b].to(device), guidance)
+            zs.append(fn(eps, x_T, schedule, steps=steps, generator=generator, **options))
+        z = torch.cat(zs)
+    if not decode:
+        return z
+    return torch.cat([model.decode(z[a:a + bs]) for a in range(0, n, bs)])
 
 
-__all__ = ["FirstStage", "LatentDiffusion", "latent_diffusion_loss", "latent_eps_model", "sample_latent"]
+@torch.no_grad()
+def inpaint_with(model: LatentDiffusion, sampler: Callable | str, schedule: Schedule, x_known: torch.Tensor,
+                 keep: torch.Tensor, prediction: str = "eps", **kwargs) -> torch.Tensor:
+    """Inpaint with a :class:`LatentDiffusion` (pixel space when its first stage is the identity).
+
+    The known image is encoded with the posterior *mean*; ``kwargs`` go to :func:`ldmcourse.inpaint.inpaint`
+    (``steps``, ``method``, ``jump_length``, ``resample``, ``generator``, sampler options).
+    """
+    f = model.first_stage.factor
+    if f is None:
+        raise ValueError(f"a {model.first_stage.kind!r} first stage has no spatial latent (latent pixels do not "
+                         "match image patches), so it cannot inpaint in latent space; use a KL autoencoder or pixels")
+    eps = as_eps_model(model.unet, schedule, prediction)
+    return inpaint_latent(get_sampler(sampler), eps, x_known, keep, schedule,
+                          encode=lambda x: model.encode(x, sample=False), decode=model.decode, factor=f, **kwargs)
+
+
+__all__ = ["FirstStage", "LatentDiffusion", "latent_diffusion_loss", "latent_eps_model", "sample_latent", "inpaint_with"]

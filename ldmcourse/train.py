@@ -36,6 +36,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset, default_collate
 
 from .checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
+from .distributed import gather_objects, mean_over_ranks
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], "tuple[torch.Tensor, dict[str, float]]"]
 
@@ -54,6 +55,7 @@ class FitConfig:
     grad_clip: float | None = 1.0  # max global grad norm; None disables
     ema_decay: float | None = 0.999  # None: no EMA
     ema_start: int = 0  # EMA copies the weights until this step, then averages
+    ema_every: int = 1  # update the EMA every k steps with decay**k (takes its cost off most steps)
     amp: str = "none"  # "none" | "bf16" | "fp16" (fp16: CUDA only, uses a GradScaler)
     seed: int = 0
     log_every: int = 50
@@ -65,6 +67,8 @@ class FitConfig:
     def __post_init__(self):
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp={self.amp!r}: choose 'none', 'bf16' or 'fp16'")
+        if self.ema_every < 1:
+            raise ValueError(f"ema_every={self.ema_every} must be >= 1 (1: every step)")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps ({self.steps}) and batch_size ({self.batch_size}) must be >= 1")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -108,13 +112,13 @@ class EMA:
         return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int, copy_only: bool = False) -> None:
+    def update(self, model: nn.Module, step: int, copy_only: bool = False, every: int = 1) -> None:
         ema_p = list(self.module.parameters())
         p = [q.detach() for q in model.parameters()]
         if copy_only:
             torch._foreach_copy_(ema_p, p)
         else:
-            torch._foreach_lerp_(ema_p, p, 1.0 - self.decay_at(step))
+            torch._foreach_lerp_(ema_p, p, 1.0 - self.decay_at(step) ** every)  # k steps at once: decay**k
         for b_ema, b in zip(self.module.buffers(), model.buffers()):
             b_ema.copy_(b)
 
@@ -214,10 +218,15 @@ def fit(
     resuming from a checkpoint whose ``meta["kind"]`` or ``meta["model_config"]`` differ is refused.
     ``picture_fn(model, step)`` is called with the EMA model every ``cfg.sample_every`` steps and at
     the end (it typically writes ``samples.png``). ``rank``/``world``/``wrap`` are for
-    DistributedDataParallel (``wrap`` wraps the model; only rank 0 logs and writes files).
+    DistributedDataParallel (``wrap`` wraps the model, see :mod:`ldmcourse.distributed`): rank ``r``
+    trains on slice ``[r::world]`` of the global batch of ``cfg.batch_size``, the logged loss is
+    the mean over ranks, and only rank 0 writes files.
     ``stop_after``: stop after this many steps in this call (checkpoint written), e.g. to split a long
     run into time-limited jobs; a later ``resume=True`` call continues exactly.
     """
+    if world > 1 and cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} is the global batch and must be divisible by the "
+                         f"number of processes ({world}); use e.g. --batch-size {cfg.batch_size // world * world or world}")
     device = torch.device(device)
     torch.manual_seed(cfg.seed + rank)
     model.to(device)
@@ -249,15 +258,24 @@ def fit(
         scaler.load_state_dict(ck["scaler"])
         if ema is not None and ck.get("ema") is not None:
             ema.module.load_state_dict(ck["ema"])
-        gen.set_state(ck["generator"])
-        _set_rng_state(ck["rng"], device)
+        gens, rngs = ck.get("generators"), ck.get("rngs")
+        if world > 1 and (gens is None or len(gens) != world):
+            raise CheckpointMismatch(f"{ckpt_path} was written by {len(gens) if gens else 1} process(es); "
+                                     f"resume it with the same number of processes (now {world})")
+        gen.set_state(gens[rank] if world > 1 else ck["generator"])
+        _set_rng_state(rngs[rank] if world > 1 else ck["rng"], device)
         step = int(ck["step"])
         history = list(ck.get("history", []))
         if step >= cfg.steps and is_main:
             print(f"[fit] checkpoint at {ckpt_path} is already at step {step} >= steps={cfg.steps}; nothing to do")
 
     def save(step_now: int) -> None:
-        if ckpt_path is None or not is_main:
+        if ckpt_path is None:
+            return
+        # every rank's noise generator, so that resuming with the same world size is exact
+        gens = gather_objects(gen.get_state(), world)
+        rngs = gather_objects(_rng_state(device), world)
+        if not is_main:
             return
         if not _all_finite(model):  # never overwrite a good checkpoint with a broken model
             raise NonFiniteLossError(f"weights are not finite at step {step_now}; kept the last good checkpoint {ckpt_path}")
@@ -266,6 +284,7 @@ def fit(
             "model": model.state_dict(), "ema": ema.module.state_dict() if ema else None,
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
             "generator": gen.get_state(), "rng": _rng_state(device), "history": history,
+            **({"generators": gens, "rngs": rngs} if world > 1 else {}),
         })
 
     if out is not None and is_main:
@@ -304,13 +323,13 @@ def fit(
             scaler.step(opt)
             scaler.update()
             sched.step()
-            if ema is not None:
-                ema.update(model, step=max(0, step - cfg.ema_start), copy_only=step < cfg.ema_start)
+            if ema is not None and (step + 1) % cfg.ema_every == 0:
+                ema.update(model, step=max(0, step - cfg.ema_start), copy_only=step < cfg.ema_start, every=cfg.ema_every)
             step += 1
 
             if step % cfg.log_every == 0 or step == cfg.steps:
-                rec = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
-                       **{k: float(v) for k, v in logs.items()}}
+                rec = {"step": step, "loss": mean_over_ranks(float(loss.detach()), world), "lr": sched.get_last_lr()[0],
+                       **{k: mean_over_ranks(float(v), world) for k, v in logs.items()}}
                 if gnorm is not None:
                     rec["grad_norm"] = float(gnorm)
                 history.append(rec)

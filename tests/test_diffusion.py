@@ -241,3 +241,27 @@ def test_fit_loss_fn_signature():
     loss_fn = partial(diffusion_loss, schedule=SCHED, prediction="v", loss="huber", weighting="min_snr")
     loss, logs = loss_fn(m, (torch.randn(2, 1, 8, 8), torch.tensor([0, 1])), torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and set(logs) == {"loss", "mse_eps"}
+
+
+def test_cli_train_sample_eval_ddpm(tmp_path, monkeypatch, capsys):
+    """`ldmcourse train ddpm` (smoke sizes, 3 steps) -> checkpoint; `sample` and `eval --metric bpd` read it."""
+    import json
+
+    from ldmcourse.cli import main
+
+    monkeypatch.setenv("LDMCOURSE_OFFLINE", "1")
+    out = tmp_path / "run"
+    assert main(["train", "ddpm", "--profile", "smoke", "--out", str(out), "--steps", "3", "--n-train", "64",
+                 "--prediction", "v", "--loss", "huber", "--schedule", "sigmoid", "--progress", "false"]) == 0
+    meta = json.loads((out / "metrics.json").read_text())
+    assert meta["model_config"]["prediction"] == "v" and meta["model_config"]["schedule"] == "sigmoid"
+    assert 0 < meta["eval"]["bpd"]["bpd"] < 100
+    assert main(["sample", "--ckpt", str(out / "checkpoint.pt"), "--sampler", "ddpm", "--steps", "3", "--n", "4",
+                 "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").exists()
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", str(out / "checkpoint.pt"), "--metric", "bpd", "--n", "8", "--option", "n_t=3"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["n"] == 8 and res["n_t"] == 3 and res["bpd"] > 0
+    assert main(["train", "ddpm", "--profile", "smoke", "--out", str(tmp_path / "bad"), "--prediction", "score"]) == 2
+    assert "choose one of eps, x0, v" in capsys.readouterr().err

@@ -156,8 +156,8 @@ def test_latent_loss_sets_scale_on_first_batch_and_trains_only_the_unet():
 
 
 def test_sample_shapes_pixel_and_latent_and_guidance():
-    from ldmcourse.diffusion import ddpm_sample
     from ldmcourse.latent import FirstStage, LatentDiffusion, sample_latent
+    from ldmcourse.samplers import ddim as ddpm_sample  # a deterministic sampler: no batch-size warning
     from ldmcourse.schedules import make_schedule
 
     sched = make_schedule("linear", 1000)
@@ -184,3 +184,80 @@ def test_vae_first_stage_reshapes_vector_latents():
     assert fs.kind == "vae" and fs.latent_shape == (1, 4, 4) and fs.factor is None
     z = fs.encode(torch.rand(2, 1, 28, 28) * 2 - 1, torch.Generator().manual_seed(0))
     assert z.shape == (2, 1, 4, 4) and fs.decode(z).shape == (2, 1, 28, 28)
+
+
+def test_ldm_checkpoint_round_trips_and_the_cli_samples_and_inpaints(tmp_path, capsys):
+    """train kl-autoencoder -> train ldm on it -> the single ldm checkpoint loads (first stage included)."""
+    import json
+
+    from ldmcourse.checkpoint import load_checkpoint
+    from ldmcourse.cli import load_model, main
+    from ldmcourse.inpaint import box_mask
+    from ldmcourse.recipes.ldm import inpaint as ldm_inpaint
+
+    kl, ldm = tmp_path / "kl", tmp_path / "ldm"
+    common = ["--profile", "smoke", "--n-train", "64", "--steps", "3", "--progress", "false", "--device", "cpu"]
+    assert main(["train", "kl-autoencoder", "--out", str(kl), *common]) == 0
+    assert main(["train", "ldm", "--first-stage", str(kl / "checkpoint.pt"), "--num-classes", "10", "--p-uncond", "0.1",
+                 "--out", str(ldm), *common]) == 0
+    model, meta, _ = load_model(ldm / "checkpoint.pt", torch.device("cpu"))
+    ck = load_checkpoint(ldm / "checkpoint.pt")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, ck["ema"][k], rtol=0, atol=0)
+    kl_state = load_checkpoint(kl / "checkpoint.pt")["ema"]
+    for k, v in model.first_stage.model.state_dict().items():  # the first stage's weights were copied in
+        torch.testing.assert_close(v, kl_state[k], rtol=0, atol=0)
+    assert model.scale_is_set and meta["model_config"]["in_channels"] == 4
+    (kl / "checkpoint.pt").unlink()  # the ldm checkpoint is self-contained
+    model2, _, _ = load_model(ldm / "checkpoint.pt", torch.device("cpu"))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, model2.state_dict()[k], rtol=0, atol=0)
+
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(ldm / "checkpoint.pt"), "--n", "4", "--steps", "3", "--guidance", "2",
+                 "--class", "3", "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 4
+    assert main(["inpaint", "--ckpt", str(ldm / "checkpoint.pt"), "--image", "test:0,1", "--mask", "half", "--steps", "4",
+                 "--n", "2", "--out", str(tmp_path / "i.png"), "--device", "cpu"]) == 0
+    assert (tmp_path / "i.png").exists()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    keep = box_mask(32, 0.5)
+    out = ldm_inpaint(model, meta, x, keep, torch.Generator().manual_seed(0), "cpu", steps=4, method="repaint",
+                      jump_length=2, resample=2)
+    known = keep.expand_as(x).bool()
+    torch.testing.assert_close(out[known], x[known], atol=1e-6, rtol=0)
+
+
+def test_pixel_ldm_is_plain_diffusion(tmp_path):
+    """--first-stage none: the same recipe on pixels, scale 1, latent shape = image shape."""
+    from ldmcourse.recipes.ldm import LDMConfig, build
+
+    model = build(LDMConfig(first_stage="none", base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention=()))
+    assert model.latent_shape == (1, 32, 32) and float(model.scale_factor) == 1.0 and model.first_stage.factor == 1
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.equal(model.encode(x), x) and torch.equal(model.decode(x), x)
+    with pytest.raises(ValueError, match="num-classes"):
+        LDMConfig(p_uncond=0.1)
+
+
+def test_nvae_first_stage_diffuses_the_top_group():
+    pytest.importorskip("ldmcourse.diffusion")
+    from ldmcourse.autoencoders.nvae import NVAE, NVAEConfig
+    from ldmcourse.latent import FirstStage
+
+    torch.manual_seed(0)
+    nvae = NVAE(NVAEConfig(image_size=32, channels=8, latent_channels=4, groups_per_scale=(1, 1))).eval()
+    fs = FirstStage(nvae)
+    assert fs.kind == "nvae" and fs.latent_shape == (4, 8, 8) and fs.factor == 4
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    z_mean = fs.encode(x, sample=False)
+    z = fs.encode(x, torch.Generator().manual_seed(0))
+    assert z.shape == z_mean.shape == (3, 4, 8, 8) and not torch.equal(z, z_mean)
+    with torch.no_grad():
+        out = fs.decode(z_mean)
+        mu_q = 5 * torch.tanh(nvae.posterior[0](nvae.encode(x)[0]).chunk(2, dim=1)[0] / 5)  # q(z_1|x) mean
+        # z_1 = 0 (the prior mean) with every finer group at its prior mean is NVAE's own temperature-0 sample
+        ref = torch.sigmoid(nvae.sample(2, temperature=0.0)) * 2 - 1
+        torch.testing.assert_close(fs.decode(torch.zeros(2, 4, 8, 8)), ref)
+    torch.testing.assert_close(z_mean, mu_q)
+    assert out.shape == (3, 1, 32, 32) and float(out.min()) >= -1 and float(out.max()) <= 1

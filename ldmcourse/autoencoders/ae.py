@@ -192,18 +192,21 @@ def build_ae(cfg: AEConfig) -> nn.Module:
     return ConvAE(mc) if isinstance(mc, ConvAEConfig) else MLPAE(mc)
 
 
+def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate image b by ``angles[b]`` radians (counter-clockwise) about its centre; corners fill with background -1."""
+    cos, sin, zero = angles.cos(), angles.sin(), torch.zeros_like(angles)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1).to(x.dtype)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # output pixel -> where to read in x
+    return F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+
+
 def augment(x: torch.Tensor, generator: torch.Generator | None = None, rotate_deg: float = 0.0,
             noise_std: float = 0.0) -> torch.Tensor:
-    """Rotate each image by a uniform angle in [-rotate_deg, rotate_deg] (background -1 fills the corners),
-    then add N(0, noise_std²) noise. x: (B, C, H, W) in [-1, 1]; the same ``generator`` gives the same batch."""
+    """Rotate each image by a uniform angle in [-rotate_deg, rotate_deg], then add N(0, noise_std²) noise.
+    x: (B, C, H, W) in [-1, 1]; the same ``generator`` gives the same batch."""
     if rotate_deg:
-        b = x.shape[0]
-        angle = (torch.rand(b, generator=generator, device=x.device) * 2 - 1) * math.radians(rotate_deg)
-        cos, sin = angle.cos(), angle.sin()
-        theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
-                             torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1).to(x.dtype)  # (B, 2, 3)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+        u = torch.rand(x.shape[0], generator=generator, device=x.device)
+        x = rotate(x, (2 * u - 1) * math.radians(rotate_deg))
     if noise_std:
         x = x + noise_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return x

@@ -36,7 +36,7 @@ class FeatureStages(nn.Module):
         return feats
 
 
-def random_features(in_channels: int = 1, channels: tuple[int, ...] = (32, 64, 128), seed: int = 0) -> FeatureStages:
+def random_features(in_channels: int = 1, channels: tuple[int, ...] = (16, 32, 64), seed: int = 0) -> FeatureStages:
     """Frozen random conv features: conv3x3-ReLU stages, each after the first halving H and W."""
     g = torch.Generator().manual_seed(seed)
     stages = []

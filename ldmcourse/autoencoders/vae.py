@@ -85,20 +85,22 @@ class VAE(nn.Module):
             self.decoder = nn.Sequential(*mlp_layers([cfg.latent_dim] + h[::-1], cfg.batchnorm), nn.Linear(h[0], d),
                                          nn.Unflatten(1, (c, s, s)))  # (B, latent) -> (B, C, H, W)
         else:
+            # lean on purpose (it must train in minutes on a CPU): the extra 3x3 convs sit at the lowest resolution
             ch = cfg.channels
             enc: list[nn.Module] = []
             prev = c
             for k in ch:  # (B, prev, H, W) -> (B, k, H/2, W/2)
-                enc += [nn.Conv2d(prev, k, 4, stride=2, padding=1), nn.SiLU(), nn.Conv2d(k, k, 3, padding=1), nn.SiLU()]
+                enc += [nn.Conv2d(prev, k, 4, stride=2, padding=1), nn.SiLU()]
                 prev = k
             self.s = s // 2 ** len(ch)
             feat = ch[-1] * self.s * self.s
-            self.encoder = nn.Sequential(*enc, nn.Flatten())  # (B, C, H, W) -> (B, ch[-1]*s*s)
-            dec: list[nn.Module] = [nn.Linear(cfg.latent_dim, feat), nn.SiLU(), nn.Unflatten(1, (ch[-1], self.s, self.s))]
+            enc += [nn.Conv2d(prev, prev, 3, padding=1), nn.SiLU(), nn.Flatten()]  # -> (B, ch[-1]*s*s)
+            self.encoder = nn.Sequential(*enc)
+            dec: list[nn.Module] = [nn.Linear(cfg.latent_dim, feat), nn.SiLU(), nn.Unflatten(1, (ch[-1], self.s, self.s)),
+                                    nn.Conv2d(ch[-1], ch[-1], 3, padding=1), nn.SiLU()]
             for a, b in zip(ch[::-1], list(ch[::-1][1:]) + [ch[0]]):  # (B, a, h, w) -> (B, b, 2h, 2w)
-                dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, padding=1), nn.SiLU(),
-                        nn.Conv2d(b, b, 3, padding=1), nn.SiLU()]
-            dec += [nn.Conv2d(ch[0], c, 3, padding=1)]
+                dec += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.SiLU()]
+            dec += [nn.Conv2d(ch[0], c, 3, padding=1)]  # (B, ch[0], H, W) -> (B, C, H, W)
             self.decoder = nn.Sequential(*dec)
         self.to_stats = nn.Linear(feat, 2 * cfg.latent_dim)  # (B, feat) -> (B, 2*latent): mu and log sigma^2
         # KL warm-up needs the training step; like BatchNorm's num_batches_tracked it lives in a buffer,
@@ -201,6 +203,7 @@ def iwae_nll(model: VAE, x: torch.Tensor, k: int = 1000, generator: torch.Genera
     log p(x) ≥ L_k = E[log (1/k) Σ_i p(x, z_i) / q(z_i|x)],  z_i ~ q(z|x);  L_1 is the ELBO, L_k grows
     with k and tends to log p(x). The k samples are drawn ``chunk`` at a time and combined with a running
     logsumexp, so memory is O(B · chunk) whatever k is. Returns −L_k (an upper bound on the NLL).
+    Call it on a model in ``eval()`` mode (BatchNorm must not use the statistics of the k·B decoded samples).
     """
     if k < 1 or chunk < 1:
         raise ValueError(f"need k >= 1 and chunk >= 1, got k={k}, chunk={chunk}")

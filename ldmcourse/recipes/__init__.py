@@ -18,7 +18,12 @@ import torch.nn as nn
 # model name -> module defining RECIPES (imported lazily so `ldmcourse --help` stays fast)
 _MODULES: dict[str, str] = {
     "ae": "ldmcourse.recipes.ae",
+    "nvae": "ldmcourse.recipes.nvae",
+    "classifier": "ldmcourse.recipes.classifier",
     "vae": "ldmcourse.recipes.vae",
+    "ddpm": "ldmcourse.recipes.ddpm",
+    "kl-autoencoder": "ldmcourse.recipes.kl_autoencoder",
+    "ldm": "ldmcourse.recipes.ldm",
 }
 
 

@@ -1,0 +1,158 @@
+"""Recipe for latent diffusion (``ldmcourse train ldm --first-stage CKPT``).
+
+The model is a :class:`ldmcourse.latent.LatentDiffusion`: a frozen first stage read from a checkpoint
+written by ``ldmcourse train kl-autoencoder`` (or ``vae`` / ``nvae``), plus a U-Net on its latents.
+``--first-stage none`` trains the *same* U-Net on pixels: the baseline of the speed benchmark.
+
+The first stage's architecture is copied into this model's config (``first_stage_kind``,
+``first_stage_config``) and its weights into this checkpoint, so ``sample`` / ``inpaint`` / ``eval``
+need only the one file. Class conditioning: ``--num-classes 10 --p-uncond 0.1``; then
+``ldmcourse sample --guidance S --class C``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import torch
+
+from ..checkpoint import load_checkpoint
+from ..latent import FirstStage, LatentDiffusion, inpaint_with, latent_diffusion_loss, sample_latent
+from ..schedules import make_schedule
+from ..unet import UNet, UNetConfig
+from . import Recipe, get_recipe
+
+
+@dataclass
+class LDMConfig(UNetConfig):
+    """The U-Net's fields (``in_channels`` is set from the first stage's latent), plus the latent-diffusion ones."""
+
+    image_size: int = 32
+    first_stage: str = "none"  # checkpoint of a first stage, or "none" for pixel-space diffusion
+    first_stage_kind: str = ""  # filled in from the checkpoint
+    first_stage_config: str = ""  # filled in: the first stage's config as JSON
+    latent_shape: tuple[int, ...] = ()  # filled in: (c, h, w)
+    scale_factor: float | None = None  # None: 1/std of the first batch's latents (pixels: 1)
+    schedule: str = "linear"
+    diffusion_steps: int = 1000  # T
+    prediction: str = "eps"  # "eps" | "x0" | "v"
+    p_uncond: float = 0.0  # label dropout for classifier-free guidance (needs num_classes)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.latent_shape = tuple(self.latent_shape)
+        if self.p_uncond and not self.num_classes:
+            raise ValueError("p_uncond > 0 needs a class-conditional model: add --num-classes K")
+
+
+def _build_first_stage(cfg: LDMConfig) -> FirstStage:
+    if cfg.first_stage in ("", "none"):
+        return FirstStage(None, "identity", image_shape=(cfg.in_channels, cfg.image_size, cfg.image_size))
+    state = None
+    if not cfg.first_stage_config:  # first build: read architecture and weights from the checkpoint
+        ck = load_checkpoint(cfg.first_stage)
+        cfg.first_stage_kind = ck["meta"]["kind"]
+        cfg.first_stage_config = json.dumps(ck["meta"]["model_config"])
+        state = ck["ema"] if ck.get("ema") is not None else ck["model"]
+    recipe = get_recipe(cfg.first_stage_kind)
+    fields = {f.name for f in dataclasses.fields(recipe.model_config)}
+    model = recipe.build(recipe.model_config(**{k: v for k, v in json.loads(cfg.first_stage_config).items() if k in fields}))
+    if state is not None:
+        model.load_state_dict(state)
+    if getattr(model, "discriminator", None) is not None:  # a training-only part of the KL autoencoder
+        model.discriminator = None
+    fs = FirstStage(model)
+    if fs.image_shape is not None and fs.image_shape[-1] != cfg.image_size:
+        raise ValueError(f"the first stage {cfg.first_stage} was trained on {fs.image_shape[-1]}px images but this "
+                         f"run uses {cfg.image_size}px: pass --image-size {fs.image_shape[-1]}")
+    return fs
+
+
+def build(cfg: LDMConfig) -> LatentDiffusion:
+    fs = _build_first_stage(cfg)
+    cfg.in_channels, cfg.latent_shape = fs.latent_shape[0], fs.latent_shape  # recorded in the checkpoint's meta
+    unet = UNet(UNetConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(UNetConfig)}))
+    scale = cfg.scale_factor if cfg.scale_factor is not None else (1.0 if fs.kind == "identity" else None)
+    model = LatentDiffusion(fs, unet, scale_factor=scale)
+    model.ldm_config = cfg  # schedule and prediction type, for the picture during training
+    return model
+
+
+def loss(cfg: LDMConfig):
+    return latent_diffusion_loss(make_schedule(cfg.schedule, cfg.diffusion_steps), prediction=cfg.prediction,
+                                 p_uncond=cfg.p_uncond)
+
+
+def _cfg(meta) -> LDMConfig:
+    fields = {f.name for f in dataclasses.fields(LDMConfig)}
+    return LDMConfig(**{k: v for k, v in meta["model_config"].items() if k in fields})
+
+
+def sample(model, meta, n, generator, device, sampler="ddim", steps=50, batch_size=None, guidance=None, y=None, **options):
+    cfg = _cfg(meta)
+    x = sample_latent(model, sampler, make_schedule(cfg.schedule, cfg.diffusion_steps), n, steps=steps,
+                      generator=generator, device=device, y=y, guidance=guidance, prediction=cfg.prediction,
+                      batch_size=batch_size, **options)
+    return x.clamp(-1, 1).cpu()
+
+
+def inpaint(model, meta, x_known, keep, generator, device, sampler="ddim", steps=50, **kwargs):
+    """Used by ``ldmcourse inpaint``: fill ``keep == 0`` of ``x_known`` (pixels or latents, as trained)."""
+    cfg = _cfg(meta)
+    out = inpaint_with(model, sampler, make_schedule(cfg.schedule, cfg.diffusion_steps), x_known.to(device),
+                       keep.to(device), prediction=cfg.prediction, steps=steps, generator=generator, **kwargs)
+    return out.clamp(-1, 1).cpu()
+
+
+def picture(model, data, device, generator):
+    """32 samples (DDIM, 25 steps); class-conditional models draw classes 0..K-1 in turn."""
+    cfg = model.ldm_config
+    y = torch.arange(32) % cfg.num_classes if cfg.num_classes else None
+    x = sample_latent(model, "ddim", make_schedule(cfg.schedule, cfg.diffusion_steps), 32, steps=25,
+                      generator=generator, device=device, y=y, prediction=cfg.prediction)
+    return x.clamp(-1, 1).cpu(), "samples.png"
+
+
+SIZES = {
+    "smoke": {"fit": dict(steps=20, batch_size=32, lr=1e-3, warmup=5, log_every=5),
+              "model": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention=()),
+              "data": dict(n_train=256)},
+    "cpu": {"fit": dict(steps=2000, batch_size=64, lr=1e-3, warmup=100, log_every=50, ema_decay=0.995),
+            "model": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention=(4,))},
+    "gpu": {"fit": dict(steps=50000, batch_size=128, lr=2e-4, warmup=1000, log_every=200),
+            "model": dict(base_channels=128, channel_mult=(1, 2, 2), num_res_blocks=2, attention=(2, 4)),
+            "data": dict(dataset="fashion-mnist")},
+}
+
+
+@torch.no_grad()
+def test_loss_metric(model, meta, test_data, device, options):
+    """The training loss on test images, with fixed noise and timesteps (seed ``seed``): cheap, comparable."""
+    cfg = _cfg(meta)
+    loss_fn = loss(cfg)
+    g = torch.Generator(device=device).manual_seed(int(options.get("seed", 0)))
+    x, y = test_data.tensors()
+    total, n = 0.0, 0
+    for a in range(0, len(x), 256):
+        xb, yb = x[a:a + 256].to(device), y[a:a + 256].to(device)
+        l, _ = loss_fn(model, (xb, yb) if cfg.num_classes else xb, g)
+        total, n = total + float(l) * len(xb), n + len(xb)
+    return {"test_loss": total / max(n, 1), "n": n}
+
+
+def fid_metric(model, meta, test_data, device, options):
+    """FID on the course classifier's features (``ldmcourse eval --metric fid``; see recipes.classifier)."""
+    from .classifier import fid_metric as classifier_fid
+
+    return classifier_fid(model, meta, test_data, device, options)
+
+
+RECIPES = {
+    "ldm": Recipe(
+        name="ldm", model_config=LDMConfig, build=build, loss=loss, sizes=SIZES, picture=picture, sample=sample,
+        metrics={"test_loss": test_loss_metric, "fid": fid_metric},
+        description="latent diffusion: a U-Net on the latents of a first-stage checkpoint (--first-stage none: pixels)",
+    ),
+}
