@@ -89,8 +89,8 @@ def mean_over_ranks(x: float, world: int) -> float:
     if world <= 1 or not dist.is_initialized():
         return x
     t = torch.tensor([x], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+    if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only: this rank's current device
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
     dist.all_reduce(t)
     return float(t.item()) / world
 
