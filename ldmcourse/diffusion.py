@@ -35,7 +35,13 @@ def _check(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
-def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _randn(shape, like: torch.Tensor, generator) -> torch.Tensor:
+    """N(0, I) of ``shape``. ``generator``: one torch.Generator, or a list with one per sample (row i's
+    noise then depends on generator i only, so chunked sampling equals one batch)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=like.device, dtype=like.dtype) for g in generator])
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 

@@ -181,3 +181,31 @@ def test_fid_metric_samples_a_generative_model(tmp_path, capsys):
     assert rep["n_gen"] == rep["n_real"] == 64 and rep["fid"] > rep["fid_floor"]  # an untrained VAE is far from data
     with pytest.raises(FileNotFoundError, match="ldmcourse train classifier"):
         fid_metric(model, meta, test, "cpu", {"classifier": str(tmp_path / "none.pt")})
+
+
+def test_generative_recipes_list_fid_and_the_cli_reports_it(tmp_path, capsys, monkeypatch):
+    """ddpm, vae, nvae and ldm all offer `eval --metric fid|kid`; a classifier of another size is refused by name."""
+    import dataclasses
+
+    from ldmcourse.cli import main
+    from ldmcourse.recipes import get_recipe
+    from ldmcourse.recipes.classifier import fid_metric
+
+    for kind in ("ddpm", "vae", "nvae", "ldm"):
+        assert {"fid", "kid"} <= set(get_recipe(kind).metrics), kind
+    monkeypatch.setenv("LDMCOURSE_OFFLINE", "1")
+    clf = tmp_path / "clf"
+    assert main(["train", "classifier", "--profile", "smoke", "--out", str(clf), "--steps", "5", "--progress", "false"]) == 0
+    run = tmp_path / "ddpm"
+    assert main(["train", "ddpm", "--profile", "smoke", "--out", str(run), "--steps", "2", "--n-train", "32", "--progress", "false"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", str(run / "checkpoint.pt"), "--metric", "fid", "--n", "24", "--option", f"classifier={clf / 'checkpoint.pt'}",
+                 "--option", "steps=2", "--option", "n_boot=3"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["n_gen"] == res["n_real"] == 24 and res["steps"] == 2 and res["fid"] > res["fid_floor"] >= 0
+    vae = get_recipe("vae")
+    cfg = vae.model_config()
+    meta = {"kind": "vae", "model_config": dataclasses.asdict(cfg), "dataset": "mnist5k", "image_shape": [1, 28, 28]}
+    with pytest.raises(ValueError, match="--image-size 28"):
+        fid_metric(vae.build(cfg), meta, load_dataset("mnist5k", "test", size=28).subset(8), "cpu",
+                   {"classifier": str(clf / "checkpoint.pt")})

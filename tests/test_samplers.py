@@ -295,8 +295,8 @@ def test_distribution_approaches_data(name):
 # chunked sampling
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["ddim", "euler_maruyama", "pc"])
-def test_sample_chunked_is_independent_of_batch_size(name):
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler_maruyama", "pc"])
+def test_sample_chunked_is_independent_of_batch_size(name, recwarn):
     model = MIX.eps_model(SCHEDULE)
     kw = dict(schedule=SCHEDULE, steps=8, eta=0.5) if name == "ddim" else dict(schedule=SCHEDULE, steps=8)
     one = sample_chunked(name, model, (1, 4, 4), 7, batch_size=7, generator=_gen(0), dtype=torch.float64, **kw)
@@ -304,6 +304,7 @@ def test_sample_chunked_is_independent_of_batch_size(name):
     torch.testing.assert_close(one, chunks, rtol=0, atol=1e-12)
     other = sample_chunked(name, model, (1, 4, 4), 7, batch_size=3, generator=_gen(1), dtype=torch.float64, **kw)
     assert (other - one).abs().max() > 1e-3
+    assert not [w for w in recwarn if "depend on batch_size" in str(w.message)]
 
 
 def test_deterministic_list_is_right():

@@ -84,7 +84,9 @@ def fid_metric(model, meta, test_data, device, options):
     net, cmeta = load_classifier(path, device)
     if cmeta["dataset"] != meta["dataset"] or list(cmeta["image_shape"]) != list(meta["image_shape"]):
         raise ValueError(f"the classifier at {path} was trained on {cmeta['dataset']} {cmeta['image_shape']}, "
-                         f"but the model makes {meta['dataset']} {meta['image_shape']}; train a classifier on the same data")
+                         f"but the model makes {meta['dataset']} {meta['image_shape']}; train one on the same data and size: "
+                         f"ldmcourse train classifier --dataset {meta['dataset']} --image-size {meta['image_shape'][-1]} "
+                         f"--out runs/classifier-{meta['dataset']}-{meta['image_shape'][-1]} and pass --option classifier=PATH")
     recipe = get_recipe(meta["kind"])
     if recipe.sample is None:
         raise ValueError(f"a {meta['kind']!r} model cannot sample, so it has no FID")

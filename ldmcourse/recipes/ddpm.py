@@ -16,6 +16,9 @@ type, loss, weighting, p_uncond, sampling variance), so every field is a CLI fla
   principal components of the training pixels ("pixel-PCA FD"), next to the same distance between
   a held-out half of the training set and the test set (the real-vs-real floor). Lower is better;
   it sees global shape and contrast, not fine texture.
+- ``fid`` / ``kid``: the course FID and KID (features of ``ldmcourse train classifier`` on the same
+  dataset and size), with bootstrap interval, real-vs-real floor and sample counts; ``--option
+  sampler=ddim --option steps=50 --option classifier=PATH``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ..diffusion import LOSSES, PREDICTIONS, VARIANCES, WEIGHTINGS, as_eps_model
 from ..schedules import SCHEDULES, make_schedule
 from ..unet import UNet, UNetConfig
 from . import Recipe
+from .classifier import fid_metric
 
 
 @dataclass
@@ -200,7 +204,7 @@ def sample_fd_metric(model, meta, test_data, device, options):
 RECIPES = {
     "ddpm": Recipe(
         name="ddpm", model_config=DDPMConfig, build=build, loss=loss, sizes=SIZES, picture=picture, sample=sample,
-        metrics={"bpd": bpd_metric, "sample_fd": sample_fd_metric},
+        metrics={"bpd": bpd_metric, "sample_fd": sample_fd_metric, "fid": fid_metric, "kid": fid_metric},
         description="pixel-space DDPM with a U-Net (ε, x0 or v prediction)",
     ),
 }

@@ -152,7 +152,7 @@ def fid_metric(model, meta, test_data, device, options):
 RECIPES = {
     "ldm": Recipe(
         name="ldm", model_config=LDMConfig, build=build, loss=loss, sizes=SIZES, picture=picture, sample=sample,
-        metrics={"test_loss": test_loss_metric, "fid": fid_metric},
+        metrics={"test_loss": test_loss_metric, "fid": fid_metric, "kid": fid_metric},
         description="latent diffusion: a U-Net on the latents of a first-stage checkpoint (--first-stage none: pixels)",
     ),
 }

@@ -14,6 +14,7 @@ from ..autoencoders.nvae import NVAE, NVAEConfig, bernoulli_log_prob, iwae_log_l
 from ..data import dynamic_binarize
 from ..metrics import bits_per_dim, mse, psnr
 from . import Recipe
+from .classifier import fid_metric
 
 # Per-profile sizes. smoke: every line runs; cpu: minutes on 2 cores (mnist5k); gpu: the NVAE paper's
 # MNIST shape at reduced depth (2 scales x 5 groups of 20 channels, 32 base channels, expansion 6).
@@ -120,7 +121,7 @@ def recon_metric(model, meta, test_data, device, options):
 RECIPES = {
     "nvae": Recipe(
         name="nvae", model_config=NVAEConfig, build=NVAE, loss=nvae_loss, sizes=SIZES, picture=picture,
-        sample=sample, metrics={"elbo": elbo_metric, "nll": nll_metric, "recon": recon_metric},
+        sample=sample, metrics={"elbo": elbo_metric, "nll": nll_metric, "recon": recon_metric, "fid": fid_metric, "kid": fid_metric},
         description="NVAE hierarchical VAE (latent groups at 2+ scales, Bernoulli decoder, binarised MNIST)",
     ),
 }

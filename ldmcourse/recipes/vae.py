@@ -19,6 +19,7 @@ import torch
 from ..autoencoders.vae import VAE, VAEConfig, elbo, iwae_nll, prepare_batch, vae_loss
 from ..metrics import bits_per_dim, mse, psnr
 from . import Recipe
+from .classifier import fid_metric
 
 SIZES = {
     "smoke": {"fit": dict(steps=30, batch_size=64, lr=2e-3, warmup=5, log_every=10),
@@ -98,7 +99,7 @@ def recon_metric(model, meta, test_data, device, options):
 RECIPES = {
     "vae": Recipe(
         name="vae", model_config=VAEConfig, build=VAE, loss=vae_loss, sizes=SIZES, picture=picture, sample=sample,
-        metrics={"elbo": elbo_metric, "nll": nll_metric, "recon": recon_metric},
+        metrics={"elbo": elbo_metric, "nll": nll_metric, "recon": recon_metric, "fid": fid_metric, "kid": fid_metric},
         description="variational autoencoder (MLP or conv; samples from the prior; ELBO and IWAE NLL)",
     ),
 }

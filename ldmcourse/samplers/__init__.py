@@ -66,7 +66,7 @@ class CountCalls:
 
 
 def _accepts_generator_list(fn: Callable) -> bool:
-    return getattr(fn, "__module__", "").startswith(__name__)
+    return getattr(fn, "__module__", "").startswith((__name__, "ldmcourse.diffusion"))
 
 
 @torch.no_grad()
@@ -78,9 +78,9 @@ def sample_chunked(sampler, eps_model: Callable, shape, n: int, batch_size: int,
     and every noise draw of the sampler come from its own generator, so chunk boundaries change nothing.
     Each finished chunk moves to ``out_device``, so only one chunk lives on the accelerator. On CUDA an
     out-of-memory error halves the chunk and retries (same result, by the above). ``kwargs`` go to the
-    sampler (``steps=``, ``eta=``, …). Samplers from outside this package that cannot take a list of
-    generators (e.g. ``ddpm`` of issue 5) get one generator per chunk instead: then the result is
-    reproducible for a given batch_size but changes with it (a warning says so).
+    sampler (``steps=``, ``eta=``, …). Samplers from outside the course that cannot take a list of
+    generators get one generator per chunk instead: then the result is reproducible for a given
+    batch_size but changes with it (a warning says so).
     """
     fn = get_sampler(sampler)
     if schedule is None:
