@@ -170,16 +170,24 @@ def kid(feats_a: torch.Tensor, feats_b: torch.Tensor, n_subsets: int = 100, subs
 
 def bootstrap_ci(stat: Callable[[torch.Tensor, torch.Tensor], float], feats_a: torch.Tensor, feats_b: torch.Tensor,
                  n_boot: int = 50, level: float = 0.95, generator: torch.Generator | None = None) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat(a, b)``: resample both sets with replacement ``n_boot`` times.
+    """Bootstrap interval of ``stat(a, b)``: resample both sets with replacement ``n_boot`` times, then
+    shift the bootstrap distribution so that its median sits on the estimate.
 
-    For FID the resampled sets hold repeated rows, which raises FID a little (like a smaller n),
-    so the interval sits slightly above the point estimate; it measures the spread, not the bias.
+    Why the shift: a resampled set holds repeated rows (only ~63 % distinct), and repeats raise FID the
+    way a smaller n does, so the raw percentiles sit *above* the estimate (on 256 samples we measured
+    an estimate of 1.78 with raw percentiles [1.78, 4.92]). That offset is a property of resampling,
+    not of the estimate; the spread of the bootstrap is what measures the sampling noise. The interval
+    is clipped at 0 (a squared distance). It says nothing about FID's own bias at finite n: compare
+    with the real-vs-real floor at the same n for that.
     """
     g = generator if generator is not None else torch.Generator().manual_seed(0)
+    est = stat(feats_a, feats_b)
     vals = torch.tensor([stat(feats_a[torch.randint(len(feats_a), (len(feats_a),), generator=g)],
-                              feats_b[torch.randint(len(feats_b), (len(feats_b),), generator=g)]) for _ in range(n_boot)])
-    lo, hi = torch.quantile(vals.double(), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
-    return lo, hi
+                              feats_b[torch.randint(len(feats_b), (len(feats_b),), generator=g)]) for _ in range(n_boot)],
+                        dtype=torch.float64)
+    q = torch.tensor([(1 - level) / 2, 0.5, (1 + level) / 2], dtype=torch.float64)
+    lo, med, hi = torch.quantile(vals, q).tolist()
+    return max(lo - med + est, 0.0), hi - med + est
 
 
 def fid_report(feats_gen: torch.Tensor, feats_real: torch.Tensor, feats_real2: torch.Tensor | None = None,

@@ -112,6 +112,21 @@ def test_fid_report_floor_ci_and_counts(digits, random_net):
     assert lo2 <= hi2
 
 
+def test_bootstrap_interval_holds_the_estimate_and_narrows_with_n():
+    """Raw bootstrap percentiles of FID sit above the estimate (repeated rows act like a smaller n);
+    the re-centred interval contains it, and its width shrinks roughly like 1/sqrt(n)."""
+    g = torch.Generator().manual_seed(0)
+    widths = {}
+    for n in (100, 1600):
+        a = torch.randn(n, 8, generator=g, dtype=torch.float64)
+        b = torch.randn(n, 8, generator=g, dtype=torch.float64) + 0.5
+        est = fid(a, b)
+        lo, hi = bootstrap_ci(fid, a, b, n_boot=40, generator=torch.Generator().manual_seed(1))
+        assert lo < est < hi
+        widths[n] = hi - lo
+    assert 2 < widths[100] / widths[1600] < 8  # 1/sqrt(n): a factor 4
+
+
 def test_fid_errors_are_clear():
     with pytest.raises(ValueError, match="same D"):
         fid(torch.zeros(5, 3), torch.zeros(5, 4))
