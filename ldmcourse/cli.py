@@ -443,7 +443,8 @@ def _add_distill_parser(sub) -> None:
     d.add_argument("--teacher", required=True, help="checkpoint of `ldmcourse train ddpm` (or of an earlier round)")
     d.add_argument("--steps", type=int, required=True, help="the student's DDIM steps N (the teacher takes 2N)")
     d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--spacing", default="trailing", choices=SPACINGS, help="the teacher's 2N-step grid (default trailing)")
+    d.add_argument("--spacing", default="leading", choices=SPACINGS,
+                   help="the teacher's 2N-step grid (default leading; trailing starts at T-1, see ldmcourse.distill)")
     d.add_argument("--weighting", default="truncated_snr", choices=WEIGHTINGS,
                    help="truncated_snr: the paper's max(SNR, 1) on the x-error; snr: the ε-space MSE")
     d.add_argument("--train-steps", type=int, default=None, help="optimiser updates (default: the profile's)")

@@ -90,7 +90,7 @@ def test_analytic_gaussian_target_beats_the_teachers_own_step():
     losses = {}
     for n in (2, 50):
         loss, logs = progressive_distillation_loss(teacher, data, torch.Generator().manual_seed(3), teacher_eps=teacher,
-                                                   schedule=sched, teacher_timesteps=teacher_timesteps(1000, n))
+                                                   schedule=sched, teacher_timesteps=teacher_timesteps(1000, n, "trailing"))
         losses[n] = logs["mse_x0"]
     assert losses[2] > 5e-4 and losses[50] < 0.01 * losses[2], losses  # measured 1.9e-3, 5.4e-6
     point = GaussianMixture(mu, [1e-6]).eps_model(sched)
@@ -172,9 +172,9 @@ def test_cli_distill_sample_round_trip(tiny_teacher, tmp_path, capsys):
     assert main(["distill", "--teacher", str(tiny_teacher), "--steps", "2", "--out", str(out), "--profile", "smoke",
                  "--device", "cpu", "--train-steps", "3"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["timesteps"] == [999, 499] and summary["teacher_timesteps"] == [999, 749, 499, 249]
+    assert summary["timesteps"] == [750, 250] and summary["teacher_timesteps"] == [750, 500, 250, 0]  # leading
     meta = load_checkpoint(out / "checkpoint.pt")["meta"]
-    assert meta["kind"] == "ddpm" and meta["distill"]["timesteps"] == [999, 499]
+    assert meta["kind"] == "ddpm" and meta["distill"]["timesteps"] == [750, 250]
     png = tmp_path / "s.png"
     assert main(["sample", "--ckpt", str(out / "checkpoint.pt"), "--n", "4", "--out", str(png), "--device", "cpu"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
