@@ -1,4 +1,4 @@
-"""The ``ldmcourse`` command line: ``train``, ``sample``, ``eval``.
+"""The ``ldmcourse`` command line: ``train``, ``sample``, ``eval`` (and ``inpaint``, ``distill``).
 
 Flags for ``train MODEL`` are generated from the model's config dataclass and from
 :class:`ldmcourse.train.FitConfig` (``ldmcourse train ae --help`` lists them). Precedence, lowest
@@ -159,7 +159,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw samples from a trained model into a PNG grid")
     s.add_argument("--ckpt", required=True)
     s.add_argument("--sampler", default="ddim")
-    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: a distilled checkpoint's, else 50)")
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=256, help="sample in chunks of this many (same result for the same seed)")
@@ -171,6 +171,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     s.add_argument("--class", dest="class_label", type=int, default=None, metavar="C", help="class label to sample")
 
     _add_inpaint_parser(sub)
+    _add_distill_parser(sub)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON object as the last line")
     e.add_argument("--ckpt", required=True)
@@ -309,9 +310,10 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
         options["guidance"] = args.guidance
     if getattr(args, "class_label", None) is not None:
         options["y"] = args.class_label
+    steps = args.steps if args.steps is not None else (meta.get("distill") or {}).get("steps", 50)
     t0 = time.perf_counter()
     try:
-        x = recipe.sample(model, meta, args.n, g, device, sampler=args.sampler, steps=args.steps,
+        x = recipe.sample(model, meta, args.n, g, device, sampler=args.sampler, steps=steps,
                           batch_size=args.batch_size, **options)
     except TypeError as e:
         if "guidance" not in str(e):
@@ -320,7 +322,7 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
                          "classifier-free guidance needs a class-conditional ldm (train ldm --num-classes K --p-uncond 0.1)")
     secs = time.perf_counter() - t0
     save_grid(x, args.out, nrow=int(max(1, round(args.n ** 0.5))))
-    result = {"out": args.out, "n": args.n, "sampler": args.sampler, "steps": args.steps, "seconds": round(secs, 3)}
+    result = {"out": args.out, "n": args.n, "sampler": args.sampler, "steps": steps, "seconds": round(secs, 3)}
     print(json.dumps(result))
     return result
 
@@ -426,12 +428,77 @@ def cmd_inpaint(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+# ----------------------------------------------------------------------------------------------
+# distill (one round of progressive distillation, ldmcourse.distill)
+# ----------------------------------------------------------------------------------------------
+
+def _add_distill_parser(sub) -> None:
+    from .distill import WEIGHTINGS
+    from .schedules import SPACINGS
+
+    d = sub.add_parser("distill", help="one round of progressive distillation: an N-step student of a ddpm teacher's 2N DDIM steps",
+                       description="Train a student (initialised with the teacher's weights) whose ONE DDIM step matches the "
+                                   "teacher's TWO (Salimans & Ho 2022, Alg. 2). Writes OUT/checkpoint.pt, a ddpm checkpoint "
+                                   "that `ldmcourse sample`/`eval` sample on the distilled grid at --steps N.")
+    d.add_argument("--teacher", required=True, help="checkpoint of `ldmcourse train ddpm` (or of an earlier round)")
+    d.add_argument("--steps", type=int, required=True, help="the student's DDIM steps N (the teacher takes 2N)")
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--spacing", default="leading", choices=SPACINGS,
+                   help="the teacher's 2N-step grid (default leading; trailing starts at T-1, see ldmcourse.distill)")
+    d.add_argument("--weighting", default="truncated_snr", choices=WEIGHTINGS,
+                   help="truncated_snr: the paper's max(SNR, 1) on the x-error; snr: the ε-space MSE")
+    d.add_argument("--train-steps", type=int, default=None, help="optimiser updates (default: the profile's)")
+    d.add_argument("--batch-size", type=int, default=None)
+    d.add_argument("--lr", type=float, default=None)
+    d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--n-train", dest="n_train", type=int, default=None, help="use a random subset of the teacher's training set")
+    d.add_argument("--profile", choices=PROFILES, default=None, help="smoke | cpu | gpu (default: automatic)")
+    d.add_argument("--device", default="auto")
+
+
+def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import load_dataset
+    from .distill import SIZES, distill, teacher_timesteps
+    from .train import FitConfig
+
+    if not Path(args.teacher).exists():
+        raise FileNotFoundError(f"--teacher {args.teacher} does not exist; train one with "
+                                "`ldmcourse train ddpm --dataset D --out DIR` and pass DIR/checkpoint.pt")
+    profile = get_profile(args.profile)
+    device = _device(args.device, profile)
+    teacher, meta, recipe = load_model(args.teacher, device)
+    if meta["kind"] != "ddpm":
+        raise ValueError(f"--teacher {args.teacher} is a {meta['kind']!r} checkpoint, not a pixel-space diffusion model; "
+                         "distill a checkpoint of `ldmcourse train ddpm`")
+    cfg = config_from_dict(recipe.model_config, meta["model_config"])
+    teacher_timesteps(cfg.T, args.steps, args.spacing)  # fail on an impossible N before loading data
+    overrides = {k: v for k, v in (("steps", args.train_steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                   ("seed", args.seed)) if v is not None}
+    fit_cfg = FitConfig(**{**SIZES[profile], **overrides})
+    data = load_dataset(meta["dataset"], "train", size=meta["image_shape"][-1], root=meta.get("data_root"),
+                        n=args.n_train, download=False)
+    print(f"[ldmcourse] distill {args.teacher}: {2 * args.steps} DDIM steps -> {args.steps}; profile={profile} "
+          f"device={device} updates={fit_cfg.steps} batch={fit_cfg.batch_size} lr={fit_cfg.lr} weighting={args.weighting}")
+    meta = {**meta, "profile": profile, "teacher_ckpt": str(args.teacher), "ldmcourse": __version__}
+    res, ts = distill(teacher, data, fit_cfg, schedule=cfg.make_schedule(), student_steps=args.steps, prediction=cfg.prediction,
+                      spacing=args.spacing, weighting=args.weighting, device=device, out_dir=args.out, meta=meta)
+    summary = {"out": str(Path(args.out) / "checkpoint.pt"), "steps": args.steps, "timesteps": ts.tolist(),
+               "teacher_timesteps": teacher_timesteps(cfg.T, args.steps, args.spacing).tolist(), "weighting": args.weighting,
+               "train_steps": res.step, "train_seconds": round(res.seconds, 2),
+               "final_loss": res.history[-1]["loss"] if res.history else None}
+    (Path(args.out) / "metrics.json").write_text(json.dumps({**summary, "history": res.history,
+                                                             "fit_config": dataclasses.asdict(fit_cfg)}, indent=2))
+    print(json.dumps(summary))
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
-        {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "inpaint": cmd_inpaint}[args.command](args)
+        {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "inpaint": cmd_inpaint,
+         "distill": cmd_distill}[args.command](args)
     except KeyboardInterrupt:
         print("\n[ldmcourse] interrupted; the last checkpoint written is intact (resume with --resume)", file=sys.stderr)
         return 130

@@ -4,6 +4,7 @@
     ldmcourse sample --ckpt runs/ddpm/checkpoint.pt --sampler ddpm --steps 100 --n 64 --out samples.png
     ldmcourse eval --ckpt runs/ddpm/checkpoint.pt --metric bpd --n 500 --option n_t=100
     ldmcourse eval --ckpt runs/ddpm/checkpoint.pt --metric sample_fd --n 1000 --option steps=100
+    ldmcourse distill --teacher runs/ddpm/checkpoint.pt --steps 8 --out runs/ddpm_distilled8   (see ldmcourse.distill)
 
 The model config :class:`DDPMConfig` is the U-Net's config plus the process (schedule, T, prediction
 type, loss, weighting, p_uncond, sampling variance), so every field is a CLI flag. Metrics:
@@ -109,7 +110,8 @@ def sample(model, meta, n, generator, device, sampler="ddpm", steps=100, batch_s
     """``n`` images from ``SAMPLERS[sampler]`` (default DDPM ancestral, ``steps`` respaced steps).
 
     ``y``: a class label for a class-conditional model (default: the null class, i.e. unconditional).
-    Other options go to the sampler (e.g. ``variance="beta_tilde"``, ``spacing="trailing"``, ``eta=0.5``).
+    A checkpoint written by ``ldmcourse distill`` records its student grid (``meta["distill"]``); at that
+    number of steps it is sampled on that grid. Other options go to the sampler (e.g. ``variance="beta_tilde"``, ``spacing="trailing"``, ``eta=0.5``).
     """
     from ..samplers import sample_chunked
 
@@ -122,6 +124,9 @@ def sample(model, meta, n, generator, device, sampler="ddpm", steps=100, batch_s
     if sampler == "ddpm":
         options = {"variance": cfg.variance, "clip_x0": cfg.clip_x0, **options}
     options.setdefault("spacing", "trailing")
+    grid = (meta or {}).get("distill")  # a progressively distilled student (ldmcourse distill): sample on its grid
+    if grid and "timesteps" not in options and steps == grid["steps"]:
+        options["timesteps"] = grid["timesteps"]
     shape = tuple(meta["image_shape"]) if meta is not None else (cfg.in_channels, 32, 32)
     x = sample_chunked(sampler, eps, shape, n, batch_size, generator, schedule=sched, device=device, steps=steps, **options)
     return x.clamp(-1, 1)
