@@ -235,6 +235,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     model_layers = [sizes.get("model", {}), file_cfg.get("model", {}), _explicit(args, "model__")]
     auto = {k: v for k, v in (("in_channels", c), ("image_size", h)) if k in {f.name for f in dataclasses.fields(recipe.model_config)}}
     model_cfg = build_config(recipe.model_config, auto, *model_layers, where="model: ")
+    torch.manual_seed(fit_cfg.seed)  # the initial weights: recent PyTorch seeds its global generator per process
     model = recipe.build(model_cfg)
 
     meta = {

@@ -73,3 +73,22 @@ def test_sample_refuses_autoencoder(tmp_path):
 def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "ldmcourse", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "ldmcourse" in r.stdout
+
+
+def test_same_seed_same_weights_whatever_the_global_generator(tmp_path):
+    """`ldmcourse train` seeds the initial weights from --seed: two runs give identical checkpoints even
+    when the process's global generator differs (recent PyTorch seeds it differently in every process)."""
+    ckpts = []
+    for i, noise_seed in enumerate((123, 456)):
+        torch.manual_seed(noise_seed)
+        out = tmp_path / f"run{i}"
+        assert main(["train", "ae", "--profile", "smoke", "--out", str(out), "--steps", "2", "--device", "cpu",
+                     "--progress", "false"]) == 0
+        ckpts.append(torch.load(out / "checkpoint.pt", weights_only=True)["model"])
+    for k in ckpts[0]:
+        torch.testing.assert_close(ckpts[0][k], ckpts[1][k], rtol=0, atol=0, msg=k)
+    torch.manual_seed(0)
+    assert main(["train", "ae", "--profile", "smoke", "--out", str(tmp_path / "run2"), "--steps", "2", "--device", "cpu",
+                 "--progress", "false", "--seed", "1"]) == 0
+    other = torch.load(tmp_path / "run2" / "checkpoint.pt", weights_only=True)["model"]
+    assert any(not torch.equal(other[k], ckpts[0][k]) for k in other)
