@@ -105,8 +105,14 @@ def gather_objects(obj, world: int) -> list:
 
 
 def cleanup() -> None:
+    """Leave the process group together: a barrier first, so rank 0 (which hosts the rendezvous store)
+    does not tear it down while another rank is still talking to it (that rank would then abort with
+    "terminate called without an active exception")."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 __all__ = ["DistInfo", "setup", "ddp_wrap", "mean_over_ranks", "gather_objects", "cleanup", "launched_by_torchrun"]
