@@ -52,7 +52,10 @@ def main() -> None:
     x_train, _ = train.subset(args.n, torch.Generator().manual_seed(args.seed)).tensors()
     f_train = extract_features(net, x_train, device=device)
 
-    ts_teacher = teacher_timesteps(tmeta["model_config"]["T"], args.steps, args.spacing)
+    recorded = (tmeta.get("distill") or {}).get("timesteps")  # a teacher from an earlier round: its own grid
+    ts_teacher = torch.tensor(recorded) if recorded else teacher_timesteps(tmeta["model_config"]["T"], args.steps, args.spacing)
+    if len(ts_teacher) != 2 * args.steps:
+        raise SystemExit(f"the teacher's grid has {len(ts_teacher)} steps; --steps must be half of it")
     grids = {2 * args.steps: ts_teacher.tolist(), args.steps: halve_timesteps(ts_teacher).tolist()}  # the teacher at N: the student's grid
     runs = [("teacher", args.teacher, 2 * args.steps), ("teacher", args.teacher, args.steps)]
     runs += [(f"student:{s}", s, args.steps) for s in args.student]
@@ -61,7 +64,7 @@ def main() -> None:
         model, meta, rec = (teacher, tmeta, recipe) if ckpt == args.teacher else load_model(ckpt, device)
         g = torch.Generator(device=device).manual_seed(args.seed)  # the same noise for every row
         t0 = time.perf_counter()
-        grid = (meta.get("distill") or {}).get("timesteps") or grids[steps]
+        grid = grids[steps] if ckpt == args.teacher else ((meta.get("distill") or {}).get("timesteps") or grids[steps])
         x = rec.sample(model, meta, args.n, g, device, sampler="ddim", steps=steps, batch_size=250, timesteps=grid).cpu()
         secs = time.perf_counter() - t0
         images[(ckpt, steps)] = x

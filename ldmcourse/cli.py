@@ -441,7 +441,7 @@ def _add_distill_parser(sub) -> None:
                        description="Train a student (initialised with the teacher's weights) whose ONE DDIM step matches the "
                                    "teacher's TWO (Salimans & Ho 2022, Alg. 2). Writes OUT/checkpoint.pt, a ddpm checkpoint "
                                    "that `ldmcourse sample`/`eval` sample on the distilled grid at --steps N.")
-    d.add_argument("--teacher", required=True, help="checkpoint of `ldmcourse train ddpm` (or of an earlier round)")
+    d.add_argument("--teacher", required=True, help="checkpoint of `ldmcourse train ddpm`, or a student of an earlier round (its own grid is halved)")
     d.add_argument("--steps", type=int, required=True, help="the student's DDIM steps N (the teacher takes 2N)")
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument("--spacing", default="leading", choices=SPACINGS,
@@ -472,7 +472,13 @@ def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--teacher {args.teacher} is a {meta['kind']!r} checkpoint, not a pixel-space diffusion model; "
                          "distill a checkpoint of `ldmcourse train ddpm`")
     cfg = config_from_dict(recipe.model_config, meta["model_config"])
-    teacher_timesteps(cfg.T, args.steps, args.spacing)  # fail on an impossible N before loading data
+    # a teacher from an earlier round samples well only on the grid it learnt: the new student halves that grid
+    teacher_grid = (meta.get("distill") or {}).get("timesteps")
+    if teacher_grid is not None and len(teacher_grid) != 2 * args.steps:
+        raise ValueError(f"--teacher {args.teacher} is a distilled {len(teacher_grid)}-step student; the next round halves "
+                         f"its grid, so use --steps {len(teacher_grid) // 2}" if len(teacher_grid) % 2 == 0 else
+                         f"--teacher {args.teacher} is a distilled {len(teacher_grid)}-step student: an odd grid cannot be halved")
+    ts_teacher = teacher_grid if teacher_grid is not None else teacher_timesteps(cfg.T, args.steps, args.spacing).tolist()
     overrides = {k: v for k, v in (("steps", args.train_steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("seed", args.seed)) if v is not None}
     fit_cfg = FitConfig(**{**SIZES[profile], **overrides})
@@ -482,9 +488,10 @@ def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
           f"device={device} updates={fit_cfg.steps} batch={fit_cfg.batch_size} lr={fit_cfg.lr} weighting={args.weighting}")
     meta = {**meta, "profile": profile, "teacher_ckpt": str(args.teacher), "ldmcourse": __version__}
     res, ts = distill(teacher, data, fit_cfg, schedule=cfg.make_schedule(), student_steps=args.steps, prediction=cfg.prediction,
-                      spacing=args.spacing, weighting=args.weighting, device=device, out_dir=args.out, meta=meta)
+                      spacing=args.spacing, weighting=args.weighting, device=device, out_dir=args.out, meta=meta,
+                      teacher_ts=teacher_grid)
     summary = {"out": str(Path(args.out) / "checkpoint.pt"), "steps": args.steps, "timesteps": ts.tolist(),
-               "teacher_timesteps": teacher_timesteps(cfg.T, args.steps, args.spacing).tolist(), "weighting": args.weighting,
+               "teacher_timesteps": ts_teacher, "weighting": args.weighting,
                "train_steps": res.step, "train_seconds": round(res.seconds, 2),
                "final_loss": res.history[-1]["loss"] if res.history else None}
     (Path(args.out) / "metrics.json").write_text(json.dumps({**summary, "history": res.history,

@@ -179,8 +179,12 @@ def make_student(teacher: nn.Module) -> nn.Module:
 
 def distill(teacher: nn.Module, data, fit_cfg, *, schedule: Schedule, student_steps: int, prediction: str = "eps",
             spacing: str = "leading", weighting: str = "truncated_snr", device="cpu", out_dir=None,
-            meta: dict | None = None, callbacks=None):
+            meta: dict | None = None, callbacks=None, teacher_ts=None):
     """One round: an N-step student from ``teacher`` (frozen) sampling with 2N DDIM steps of ``spacing``.
+
+    ``teacher_ts``: the teacher's own 2N-step grid instead of ``make_timesteps(T, 2N, spacing)``. A
+    teacher that is itself a distilled student (round 2, 3, ...) has learnt ONE grid, the one in its
+    checkpoint's ``meta["distill"]["timesteps"]``; pass it here (``ldmcourse distill`` does).
 
     Returns (FitResult, student grid (N,)). ``meta`` (if given) is stored in the checkpoint with a
     ``"distill"`` entry recording both grids, so the student is sampled on the grid it learnt.
@@ -190,7 +194,14 @@ def distill(teacher: nn.Module, data, fit_cfg, *, schedule: Schedule, student_st
     from .diffusion import as_eps_model
     from .train import fit
 
-    ts_teacher = teacher_timesteps(schedule.T, student_steps, spacing)
+    if teacher_ts is None:
+        ts_teacher = teacher_timesteps(schedule.T, student_steps, spacing)
+    else:
+        ts_teacher = torch.as_tensor(teacher_ts).long().flatten()
+        if len(ts_teacher) != 2 * student_steps:
+            raise ValueError(f"the teacher's grid has {len(ts_teacher)} steps; a student of {student_steps} steps needs "
+                             f"2N = {2 * student_steps} (a distilled teacher halves only to its own N / 2: "
+                             f"use --steps {len(ts_teacher) // 2})")
     ts_student = halve_timesteps(ts_teacher)
     teacher = teacher.to(device).eval().requires_grad_(False)
     student = make_student(teacher)
@@ -198,7 +209,8 @@ def distill(teacher: nn.Module, data, fit_cfg, *, schedule: Schedule, student_st
                       schedule=schedule, teacher_timesteps=ts_teacher, prediction=prediction, weighting=weighting)
     meta = dict(meta or {})
     meta["distill"] = {"steps": student_steps, "timesteps": ts_student.tolist(), "teacher_timesteps": ts_teacher.tolist(),
-                       "spacing": spacing, "weighting": weighting}
+                       "spacing": spacing if teacher_ts is None else "teacher's grid", "weighting": weighting,
+                       "round": int((meta.get("distill") or {}).get("round", 0)) + 1}
     res = fit(student, loss_fn, data, fit_cfg, device=device, out_dir=out_dir, meta=meta, callbacks=callbacks)
     return res, ts_student
 

@@ -211,3 +211,24 @@ def test_cli_distill_bad_input(tiny_teacher, tmp_path, capsys):
     assert "not a pixel-space diffusion model" in capsys.readouterr().err
     assert main(["distill", "--teacher", str(tiny_teacher), "--steps", "600", "--out", out, "--device", "cpu"]) == 2
     assert "needs a teacher grid" in capsys.readouterr().err
+
+
+def test_cli_second_round_halves_the_students_own_grid(tiny_teacher, tmp_path, capsys):
+    """Round 2 distils a distilled student on the grid it learnt (not make_timesteps'), and refuses
+    a step count that is not half of that grid."""
+    from ldmcourse.checkpoint import load_checkpoint
+    from ldmcourse.cli import main
+
+    r1, r2 = tmp_path / "r1", tmp_path / "r2"
+    common = ["--profile", "smoke", "--device", "cpu", "--train-steps", "2"]
+    assert main(["distill", "--teacher", str(tiny_teacher), "--steps", "4", "--out", str(r1), *common]) == 0
+    grid1 = load_checkpoint(r1 / "checkpoint.pt")["meta"]["distill"]["timesteps"]
+    assert grid1 == [875, 625, 375, 125]  # every other point of leading-8
+    capsys.readouterr()
+    assert main(["distill", "--teacher", str(r1 / "checkpoint.pt"), "--steps", "2", "--out", str(r2), *common]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["teacher_timesteps"] == grid1 and summary["timesteps"] == [875, 375]  # not leading-4 [750, 500, 250, 0]
+    d2 = load_checkpoint(r2 / "checkpoint.pt")["meta"]["distill"]
+    assert d2["round"] == 2 and d2["timesteps"] == [875, 375]
+    assert main(["distill", "--teacher", str(r1 / "checkpoint.pt"), "--steps", "3", "--out", str(tmp_path / "bad"), *common]) == 2
+    assert "use --steps 2" in capsys.readouterr().err
