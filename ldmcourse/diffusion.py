@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .metrics import bits_per_dim
 from .schedules import Schedule
+from .utils import randn_like
 
 PREDICTIONS = ("eps", "x0", "v")
 LOSSES = ("l1", "l2", "huber")
@@ -35,16 +36,6 @@ def _check(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
-def _randn(shape, like: torch.Tensor, generator) -> torch.Tensor:
-    """N(0, I) of ``shape``. ``generator``: one torch.Generator, or a list with one per sample (row i's
-    noise then depends on generator i only, so chunked sampling equals one batch)."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
-        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=like.device, dtype=like.dtype) for g in generator])
-    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
-
-
 # ----------------------------------------------------------------------------------------------
 # forward process and prediction types
 # ----------------------------------------------------------------------------------------------
@@ -53,7 +44,7 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, noise: torch
              generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw x_t ~ q(x_t | x_0) = N(√ᾱ_t x_0, (1-ᾱ_t) I)  (eq. 4). x0: (B, ...), t: (B,)."""
     if noise is None:
-        noise = _randn(x0.shape, x0, generator)
+        noise = randn_like(x0, generator)
     return schedule.at("sqrt_alphas_cumprod", t, x0) * x0 + schedule.at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
 
 
@@ -161,7 +152,7 @@ def diffusion_loss(model, batch, generator: torch.Generator | None = None, *, sc
     if t is None:
         t = torch.randint(0, schedule.T, (B,), generator=generator, device=x0.device)
     if noise is None:
-        noise = _randn(x0.shape, x0, generator)
+        noise = randn_like(x0, generator)
     x_t = q_sample(x0, t, schedule, noise)
 
     K = num_classes if num_classes is not None else getattr(getattr(model, "config", None), "num_classes", None)
@@ -234,7 +225,7 @@ def ddpm_sample(eps_model, x_T: torch.Tensor, schedule: Schedule, steps: int | N
         mean = (math.sqrt(a_s) * beta / (1 - a_t)) * x0 + (math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t)) * x
         if s >= 0:
             var = beta if variance == "beta" else (1 - a_s) / (1 - a_t) * beta
-            x = mean + math.sqrt(var) * _randn(x.shape, x, generator)
+            x = mean + math.sqrt(var) * randn_like(x, generator)
         else:
             x = mean
         if callback is not None:
@@ -309,13 +300,13 @@ def vlb_terms(eps_model, x0: torch.Tensor, schedule: Schedule, variance: str = "
     with torch.no_grad():
         for t in ts.tolist():
             t_b = torch.full((B,), t, device=x0.device, dtype=torch.long)
-            x_t = q_sample(x0, t_b, schedule, _randn(x0.shape, x0, generator))
+            x_t = q_sample(x0, t_b, schedule, randn_like(x0, generator))
             true_mean = schedule.at("posterior_mean_coef1", t_b, x_t) * x0 + schedule.at("posterior_mean_coef2", t_b, x_t) * x_t
             true_logvar = schedule.at("posterior_log_variance_clipped", t_b, x_t)
             kl = normal_kl(true_mean, true_logvar, model_mean(x_t, t_b), logvar[t].item())
             kls.append(kl.flatten(1).sum(1))
         t0 = torch.zeros(B, device=x0.device, dtype=torch.long)
-        x_1 = q_sample(x0, t0, schedule, _randn(x0.shape, x0, generator))
+        x_1 = q_sample(x0, t0, schedule, randn_like(x0, generator))
         mean0 = model_mean(x_1, t0)
         decoder = -discretized_gaussian_log_likelihood(x0, mean0, torch.full_like(x0, 0.5 * logvar[0].item())).flatten(1).sum(1)
         T1 = torch.full((B,), schedule.T - 1, device=x0.device, dtype=torch.long)

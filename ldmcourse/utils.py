@@ -6,6 +6,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -44,6 +45,17 @@ def show_grid(images: torch.Tensor, nrow: int = 8, title: str | None = None, ax=
     if title:
         ax.set_title(title)
     return ax
+
+
+def randn_like(like: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``. ``generator`` may be one torch.Generator or a sequence
+    of generators, one per sample: then sample i's noise depends only on generator i, which makes
+    chunked sampling give the same images as one batch (see :func:`~ldmcourse.samplers.sample_chunked`)."""
+    if isinstance(generator, Sequence):
+        if len(generator) != like.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {like.shape[0]}")
+        return torch.stack([torch.randn(like.shape[1:], generator=g, device=like.device, dtype=like.dtype) for g in generator])
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
 def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
 from ..sde import _Process, as_process
+from ..utils import randn_like as randn  # noqa: F401  (per-sample generators; used by the samplers)
 
 
 @dataclass
@@ -72,17 +73,6 @@ def make_grid(schedule, steps: int | None, timesteps, spacing: str, final_step: 
     if len(alpha) < 2:
         raise ValueError("a single timestep with final_step=False leaves nothing to do")
     return Grid(process, times, alpha, sigma, final_step)
-
-
-def randn(like: torch.Tensor, generator) -> torch.Tensor:
-    """Standard normal noise shaped like ``like``. ``generator`` may be one torch.Generator or a sequence
-    of generators, one per sample: then sample i's noise depends only on generator i, which makes
-    chunked sampling give the same images as one batch (see :func:`~ldmcourse.samplers.sample_chunked`)."""
-    if isinstance(generator, Sequence):
-        if len(generator) != like.shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {like.shape[0]}")
-        return torch.stack([torch.randn(like.shape[1:], generator=g, device=like.device, dtype=like.dtype) for g in generator])
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, grid: Grid, k: int, j: int) -> torch.Tensor:
