@@ -72,6 +72,14 @@ class GaussianMixture:
         r = torch.softmax(logp, 1)
         return (sigma * (r[..., None] * d).sum(1)).reshape(x.shape).to(x.dtype)
 
+    def x0_mean(self, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+        """E[x_0 | x_t = x] = Σ_k r_k (μ_k + α v_k (x - α μ_k)/(α² v_k + σ²)): the best x₀-prediction
+        (defined at α = 0 too, where it is the data mean; used for the exact flow velocity)."""
+        logp, d = self._components(x, alpha, sigma)
+        r = torch.softmax(logp, 1)
+        post = self.means.to(d.device)[None] + alpha * self.vars.to(d.device)[None] * d  # (B, K, D)
+        return (r[..., None] * post).sum(1).reshape(x.shape).to(x.dtype)
+
     def eps_model(self, schedule, dtype=None):
         """The exact ε-model ``eps_model(x, t)`` for a discrete ``Schedule`` (t: LongTensor of indices;
         fractional float t is also accepted) or an SDE from :mod:`ldmcourse.sde` (t: float times)."""
