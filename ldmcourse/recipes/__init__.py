@@ -24,6 +24,7 @@ _MODULES: dict[str, str] = {
     "ddpm": "ldmcourse.recipes.ddpm",
     "kl-autoencoder": "ldmcourse.recipes.kl_autoencoder",
     "ldm": "ldmcourse.recipes.ldm",
+    "flow": "ldmcourse.recipes.flow",
 }
 
 

@@ -1,0 +1,171 @@
+"""Recipe for pixel-space flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2022): ``ldmcourse train flow``.
+
+    ldmcourse train flow --dataset fashion-mnist --path linear --t-sampling logit_normal --out runs/flow
+    ldmcourse sample --ckpt runs/flow/checkpoint.pt --sampler euler --steps 8 --n 64 --out samples.png
+    ldmcourse sample --ckpt runs/flow/checkpoint.pt --sampler ddim --steps 8 --out samples.png   (the ε-samplers too)
+    ldmcourse eval --ckpt runs/flow/checkpoint.pt --metric fid --option sampler=heun --option steps=16
+
+The U-Net predicts the velocity v(x_t, t); it is called with 1000·t (``time_scale``), the range its
+sinusoidal embedding was built for (SD3 does the same). Samplers: ``euler``, ``heun``, ``midpoint``
+integrate the velocity from t = 1 to 0 (NFE = steps, 2·steps, 2·steps); any other name of
+``ldmcourse.samplers.SAMPLERS`` (ddim, dpm_solver++_2m, …) runs on the path as a process, on the
+model converted to an ε-model. The initial noise is drawn exactly as ``sample_chunked`` draws it
+(one seed per sample), so the same ``--seed`` gives the same x_T for every sampler and for the ε-models
+of the ddpm recipe: comparisons are paired.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ..flow import FLOW_SAMPLERS, PATHS, T_SAMPLINGS, eps_from_velocity, get_flow_sampler, guided_velocity, make_path, time_grid
+from ..unet import UNet, UNetConfig
+from . import Recipe
+from .classifier import fid_metric
+
+
+@dataclass
+class FlowConfig(UNetConfig):
+    """The U-Net (all of :class:`UNetConfig`) plus the probability path it is trained on."""
+
+    path: str = "linear"  # linear | vp | cosine
+    t_sampling: str = "logit_normal"  # uniform | logit_normal (Esser et al. 2024: lognorm(0, 1) ranked best)
+    t_loc: float = 0.0  # logit-normal location m
+    t_scale: float = 1.0  # logit-normal scale s
+    p_uncond: float = 0.0  # label dropout (class-conditional models)
+    time_scale: float = 1000.0  # the network sees time_scale·t
+    shift: float = 1.0  # sampling-grid shift t -> s t / (1 + (s - 1) t) (SD3 eq. 23)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, value, choices in (("path", self.path, PATHS), ("t-sampling", self.t_sampling, T_SAMPLINGS)):
+            if value not in choices:
+                raise ValueError(f"--{name} {value!r} is not known; choose one of {', '.join(choices)}")
+
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(UNetConfig)})
+
+
+# the same network and budget as pixel DDPM (recipes/ddpm.py), for paired comparisons
+SIZES = {
+    "smoke": {"fit": dict(steps=20, batch_size=16, lr=1e-3, warmup=5, log_every=5),
+              "model": dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention=(2,), head_dim=8),
+              "data": dict(n_train=256)},
+    "cpu": {"fit": dict(steps=1500, batch_size=32, lr=2e-3, warmup=100, log_every=50, ema_decay=0.995),
+            "model": dict(base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attention=(4,), head_dim=16),
+            "data": dict(dataset="fashion-mnist")},
+    "gpu": {"fit": dict(steps=100_000, batch_size=128, lr=2e-4, warmup=1000, log_every=500, ema_decay=0.9999, amp="bf16"),
+            "model": dict(base_channels=64, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention=(2,), head_dim=64, dropout=0.1),
+            "data": dict(dataset="fashion-mnist")},
+}
+
+
+def build(cfg: FlowConfig) -> UNet:
+    model = UNet(cfg.unet_config())
+    model.flow_config = cfg  # plain attribute (not in the state dict): lets picture() find the path
+    return model
+
+
+def loss(cfg: FlowConfig):
+    from functools import partial
+
+    from ..flow import flow_loss
+
+    return partial(flow_loss, path=make_path(cfg.path), t_sampling=cfg.t_sampling, loc=cfg.t_loc, scale=cfg.t_scale,
+                   p_uncond=cfg.p_uncond, time_scale=cfg.time_scale)
+
+
+def _cfg(model, meta=None) -> FlowConfig:
+    if meta is not None:
+        from ..cli import config_from_dict
+
+        return config_from_dict(FlowConfig, meta["model_config"])
+    return model.flow_config
+
+
+def velocity_model(model, cfg: FlowConfig, y=None, guidance: float | None = None):
+    """``v(x, t)`` for path times t from the U-Net (which sees time_scale·t); ``y`` a class label, with
+    ``guidance`` s the classifier-free guidance scale (default 1: plain conditional)."""
+    net = lambda x, t, y=None: model(x, cfg.time_scale * t.float(), y)  # noqa: E731
+    if guidance is not None and y is None:
+        raise ValueError("--guidance needs --class C (the label to guide towards)")
+    if y is None:
+        return lambda x, t: net(x, t)
+    if cfg.num_classes is None:
+        raise ValueError("this flow model is unconditional: --class / --guidance need one trained with --num-classes K")
+    return guided_velocity(net, int(y), 1.0 if guidance is None else guidance, num_classes=cfg.num_classes)
+
+
+def _prior(n: int, shape, generator, device, dtype=torch.float32) -> list[torch.Tensor]:
+    """One x_T per sample, drawn as ``ldmcourse.samplers.sample_chunked`` draws it (seeds from ``generator``)."""
+    seeds = torch.randint(0, 2**62, (n,), generator=generator, device=generator.device if generator is not None else "cpu").tolist()
+    return [torch.randn(tuple(shape), generator=torch.Generator(device=device).manual_seed(s), device=device, dtype=dtype)
+            for s in seeds]
+
+
+@torch.no_grad()
+def sample(model, meta, n, generator, device, sampler="euler", steps=50, batch_size=256, y=None, guidance=None, **options):
+    """``n`` images. ``euler`` / ``heun`` / ``midpoint``: ``steps`` steps of the velocity ODE on
+    ``time_grid(steps, shift=cfg.shift)`` (option ``shift=``); other samplers: ``ldmcourse.samplers`` on the path."""
+    cfg = _cfg(model, meta)
+    path = make_path(cfg.path)
+    v = velocity_model(model, cfg, y, guidance)
+    shape = tuple(meta["image_shape"]) if meta is not None else (cfg.in_channels, 32, 32)
+    device = torch.device(device)
+    if sampler in FLOW_SAMPLERS:
+        fn = get_flow_sampler(sampler)
+        times = options.pop("times", None) or time_grid(steps, path.t_range[1], path.t_range[0], options.pop("shift", cfg.shift))
+        if options:
+            raise ValueError(f"unknown option(s) {sorted(options)} for flow sampler {sampler!r} (known: shift, times)")
+        x_T = _prior(n, shape, generator, device)
+        xs = [fn(v, torch.stack(x_T[i:i + batch_size]), times).cpu() for i in range(0, n, batch_size)]
+        return torch.cat(xs).clamp(-1, 1)
+    from ..samplers import sample_chunked
+
+    options.setdefault("spacing", "linspace")
+    x = sample_chunked(sampler, eps_from_velocity(v, path), shape, n, batch_size, generator, schedule=path, device=device,
+                       prior_std=path.prior_std(), steps=steps, **options)
+    return x.clamp(-1, 1)
+
+
+def picture(model, data, device, generator):
+    """32 samples from the EMA model: 50 Euler steps (10 for smoke-sized nets)."""
+    c, h, w = data[0][0].shape
+    cfg = model.flow_config
+    x = sample(model, {"model_config": dataclasses.asdict(cfg), "image_shape": [c, h, w]}, 32, generator, device,
+               steps=50 if cfg.base_channels >= 16 else 10, batch_size=32)
+    return x.cpu(), "samples.png"
+
+
+@torch.no_grad()
+def sample_fd_metric(model, meta, test_data, device, options):
+    """The pixel-PCA Fréchet distance of the ddpm recipe (a proxy until FID: see ``recipes/ddpm.py``),
+    on this recipe's samples; options ``sampler`` (euler), ``steps`` (50; 5 for smoke), ``max_n`` (1000; 32)."""
+    from ..data import load_dataset
+    from .ddpm import _defaults, pca_basis, pixel_pca_fd
+
+    opts = _defaults(meta, options, steps=(50, 5), max_n=(1000, 32))
+    n = min(len(test_data), int(opts.pop("max_n")))
+    g = torch.Generator(device=device).manual_seed(int(opts.pop("seed", 0)))
+    k = int(opts.pop("k", 32))
+    x = sample(model, meta, n, g, device, **opts).cpu()
+    train = load_dataset(meta["dataset"], "train", size=meta["image_shape"][-1], root=meta.get("data_root"), download=False)
+    tr, _ = train.tensors()
+    perm = torch.randperm(len(tr), generator=torch.Generator().manual_seed(0))
+    basis = pca_basis(tr[perm[: len(tr) // 2]], k)
+    test, _ = test_data.tensors()
+    test = test[:n]
+    return {"pixel_pca_fd": pixel_pca_fd(x, test, basis), "floor_train_vs_test": pixel_pca_fd(tr[perm[len(tr) // 2:][:n]], test, basis),
+            "n": n, "steps": opts["steps"], "sampler": opts.get("sampler", "euler")}
+
+
+RECIPES = {
+    "flow": Recipe(
+        name="flow", model_config=FlowConfig, build=build, loss=loss, sizes=SIZES, picture=picture, sample=sample,
+        metrics={"sample_fd": sample_fd_metric, "fid": fid_metric, "kid": fid_metric},
+        description="pixel-space flow matching / rectified flow with a U-Net (velocity prediction)",
+    ),
+}
