@@ -226,7 +226,8 @@ def test_a_few_training_steps_lower_the_loss():
     x0 = torch.rand(8, 1, 16, 16, generator=g) * 2 - 1
     t, noise = torch.rand(8, generator=g), torch.randn(8, 1, 16, 16, generator=g)
     for sampling in ("uniform", "logit_normal"):
-        cfg = FlowConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention=(), head_dim=8, t_sampling=sampling)
+        cfg = FlowConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention=(), head_dim=8, t_sampling=sampling,
+                         image_size=16)
         torch.manual_seed(0)
         model = build(cfg)
         fn = loss(cfg)
@@ -310,7 +311,7 @@ def test_cli_train_and_sample_round_trip(tmp_path, capsys):
     from ldmcourse.cli import main
 
     out = tmp_path / "flow"
-    base = ["train", "flow", "--dataset", "mnist5k", "--profile", "smoke", "--image-size", "16", "--out", str(out),
+    base = ["train", "flow", "--dataset", "mnist5k", "--profile", "smoke", "--image-size", "16", "--progress", "false", "--out", str(out),
             "--device", "cpu"]
     assert main(base + ["--steps", "3", "--t-sampling", "uniform", "--num-classes", "10", "--p-uncond", "0.2"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -333,3 +334,20 @@ def test_cli_train_and_sample_round_trip(tmp_path, capsys):
     assert main(["train", "flow", "--profile", "smoke", "--out", str(tmp_path / "bad"), "--path", "curvy", "--steps", "1",
                  "--device", "cpu"]) == 2
     assert "--path 'curvy' is not known" in capsys.readouterr().err
+
+
+def test_cli_latent_flow_on_a_first_stage(tmp_path):
+    """train kl-autoencoder -> train flow --first-stage on its latents -> sample (decoded images)."""
+    from ldmcourse.cli import load_model, main
+    from ldmcourse.recipes.flow import sample
+
+    kl, fl = tmp_path / "kl", tmp_path / "flow"
+    common = ["--profile", "smoke", "--n-train", "64", "--steps", "3", "--progress", "false", "--device", "cpu"]
+    assert main(["train", "kl-autoencoder", "--out", str(kl), *common]) == 0
+    assert main(["train", "flow", "--first-stage", str(kl / "checkpoint.pt"), "--out", str(fl), *common]) == 0
+    model, meta, _ = load_model(fl / "checkpoint.pt", torch.device("cpu"))
+    assert model.scale_is_set and meta["model_config"]["in_channels"] == 4 and model.latent_shape != (1, 32, 32)
+    x = sample(model, meta, 2, torch.Generator().manual_seed(0), "cpu", sampler="heun", steps=2)
+    assert x.shape == (2, 1, 32, 32) and x.abs().max() <= 1
+    assert main(["sample", "--ckpt", str(fl / "checkpoint.pt"), "--sampler", "dpm_solver++_2m", "--steps", "3", "--n", "2",
+                 "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 0

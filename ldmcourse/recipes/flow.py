@@ -1,11 +1,14 @@
-"""Recipe for pixel-space flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2022): ``ldmcourse train flow``.
+"""Recipe for flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2022), in pixels or on the
+latents of a course first stage: ``ldmcourse train flow``.
 
     ldmcourse train flow --dataset fashion-mnist --path linear --t-sampling logit_normal --out runs/flow
+    ldmcourse train flow --first-stage runs/kl/checkpoint.pt --out runs/latent-flow      (latent, as ``train ldm``)
     ldmcourse sample --ckpt runs/flow/checkpoint.pt --sampler euler --steps 8 --n 64 --out samples.png
     ldmcourse sample --ckpt runs/flow/checkpoint.pt --sampler ddim --steps 8 --out samples.png   (the ε-samplers too)
     ldmcourse eval --ckpt runs/flow/checkpoint.pt --metric fid --option sampler=heun --option steps=16
 
-The U-Net predicts the velocity v(x_t, t); it is called with 1000·t (``time_scale``), the range its
+The model is a :class:`ldmcourse.latent.LatentDiffusion` (a frozen first stage, read as ``train ldm``
+reads it, plus the U-Net; ``--first-stage none``, the default, is pixel space). The U-Net predicts the velocity v(x_t, t); it is called with 1000·t (``time_scale``), the range its
 sinusoidal embedding was built for (SD3 does the same). Samplers: ``euler``, ``heun``, ``midpoint``
 integrate the velocity from t = 1 to 0 (NFE = steps, 2·steps, 2·steps); any other name of
 ``ldmcourse.samplers.SAMPLERS`` (ddim, dpm_solver++_2m, …) runs on the path as a process, on the
@@ -29,7 +32,14 @@ from .classifier import fid_metric
 
 @dataclass
 class FlowConfig(UNetConfig):
-    """The U-Net (all of :class:`UNetConfig`) plus the probability path it is trained on."""
+    """The U-Net (all of :class:`UNetConfig`), the first stage (as in ``LDMConfig``) and the probability path."""
+
+    image_size: int = 32
+    first_stage: str = "none"  # checkpoint of a first stage (kl-autoencoder, vae, nvae), or "none": pixels
+    first_stage_kind: str = ""  # filled in from the checkpoint
+    first_stage_config: str = ""  # filled in: the first stage's config as JSON
+    latent_shape: tuple[int, ...] = ()  # filled in: (c, h, w)
+    scale_factor: float | None = None  # None: 1/std of the first batch's latents (pixels: 1)
 
     path: str = "linear"  # linear | vp | cosine
     t_sampling: str = "logit_normal"  # uniform | logit_normal (Esser et al. 2024: lognorm(0, 1) ranked best)
@@ -41,6 +51,9 @@ class FlowConfig(UNetConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self.latent_shape = tuple(self.latent_shape)
+        if self.p_uncond and not self.num_classes:
+            raise ValueError("p_uncond > 0 needs a class-conditional model: add --num-classes K")
         for name, value, choices in (("path", self.path, PATHS), ("t-sampling", self.t_sampling, T_SAMPLINGS)):
             if value not in choices:
                 raise ValueError(f"--{name} {value!r} is not known; choose one of {', '.join(choices)}")
@@ -63,19 +76,35 @@ SIZES = {
 }
 
 
-def build(cfg: FlowConfig) -> UNet:
-    model = UNet(cfg.unet_config())
+def build(cfg: FlowConfig):
+    from ..latent import LatentDiffusion
+    from .ldm import _build_first_stage  # the one reader of first-stage checkpoints (shared with train ldm)
+
+    fs = _build_first_stage(cfg)
+    cfg.in_channels, cfg.latent_shape = fs.latent_shape[0], fs.latent_shape  # recorded in the checkpoint's meta
+    scale = cfg.scale_factor if cfg.scale_factor is not None else (1.0 if fs.kind == "identity" else None)
+    model = LatentDiffusion(fs, UNet(cfg.unet_config()), scale_factor=scale)
     model.flow_config = cfg  # plain attribute (not in the state dict): lets picture() find the path
     return model
 
 
 def loss(cfg: FlowConfig):
+    """Encode the batch with the frozen first stage (setting the scale on the first batch), then the flow loss."""
     from functools import partial
 
     from ..flow import flow_loss
 
-    return partial(flow_loss, path=make_path(cfg.path), t_sampling=cfg.t_sampling, loc=cfg.t_loc, scale=cfg.t_scale,
-                   p_uncond=cfg.p_uncond, time_scale=cfg.time_scale)
+    fn = partial(flow_loss, path=make_path(cfg.path), t_sampling=cfg.t_sampling, loc=cfg.t_loc, scale=cfg.t_scale,
+                 p_uncond=cfg.p_uncond, time_scale=cfg.time_scale)
+
+    def loss_fn(model, batch, generator=None, **kwargs):  # kwargs: flow_loss's t=, noise= (fixed draws)
+        x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        if not model.scale_is_set:
+            model.set_scale_factor(x, generator)
+        z = model.encode(x, generator)  # (B, C, H, W) -> (B, c, h, w); identity for pixels
+        return fn(model.unet, (z, y) if y is not None else z, generator, **kwargs)
+
+    return loss_fn
 
 
 def _cfg(model, meta=None) -> FlowConfig:
@@ -113,7 +142,7 @@ def sample(model, meta, n, generator, device, sampler="euler", steps=50, batch_s
     cfg = _cfg(model, meta)
     path = make_path(cfg.path)
     v = velocity_model(model, cfg, y, guidance)
-    shape = tuple(meta["image_shape"]) if meta is not None else (cfg.in_channels, 32, 32)
+    shape = tuple(model.latent_shape)
     device = torch.device(device)
     if sampler in FLOW_SAMPLERS:
         fn = get_flow_sampler(sampler)
@@ -121,14 +150,14 @@ def sample(model, meta, n, generator, device, sampler="euler", steps=50, batch_s
         if options:
             raise ValueError(f"unknown option(s) {sorted(options)} for flow sampler {sampler!r} (known: shift, times)")
         x_T = _prior(n, shape, generator, device)
-        xs = [fn(v, torch.stack(x_T[i:i + batch_size]), times).cpu() for i in range(0, n, batch_size)]
+        xs = [model.decode(fn(v, torch.stack(x_T[i:i + batch_size]), times)).cpu() for i in range(0, n, batch_size)]
         return torch.cat(xs).clamp(-1, 1)
     from ..samplers import sample_chunked
 
     options.setdefault("spacing", "linspace")
-    x = sample_chunked(sampler, eps_from_velocity(v, path), shape, n, batch_size, generator, schedule=path, device=device,
-                       prior_std=path.prior_std(), steps=steps, **options)
-    return x.clamp(-1, 1)
+    z = sample_chunked(sampler, eps_from_velocity(v, path), shape, n, batch_size, generator, schedule=path, device=device,
+                       out_device=device, prior_std=path.prior_std(), steps=steps, **options)
+    return torch.cat([model.decode(z[a:a + batch_size]).cpu() for a in range(0, n, batch_size)]).clamp(-1, 1)
 
 
 def picture(model, data, device, generator):
@@ -166,6 +195,6 @@ RECIPES = {
     "flow": Recipe(
         name="flow", model_config=FlowConfig, build=build, loss=loss, sizes=SIZES, picture=picture, sample=sample,
         metrics={"sample_fd": sample_fd_metric, "fid": fid_metric, "kid": fid_metric},
-        description="pixel-space flow matching / rectified flow with a U-Net (velocity prediction)",
+        description="flow matching / rectified flow: a velocity U-Net on pixels or on a first stage's latents (--first-stage)",
     ),
 }
