@@ -330,7 +330,24 @@ def test_cli_train_and_sample_round_trip(tmp_path, capsys):
     a = sample(model, meta, 3, torch.Generator().manual_seed(0), "cpu", sampler="euler", steps=4, batch_size=2)
     b = sample(model, meta, 3, torch.Generator().manual_seed(0), "cpu", sampler="euler", steps=4, batch_size=3)
     torch.testing.assert_close(a, b)  # chunking changes nothing
+    # reflow from it, then distil the reflowed model to one step (tiny: 16 pairs of 2 Heun steps)
+    rf, one = tmp_path / "rf", tmp_path / "one"
+    small = ["--profile", "smoke", "--image-size", "16", "--progress", "false", "--device", "cpu", "--steps", "2",
+             "--reflow-pairs", "16", "--reflow-ode-steps", "2"]
+    assert main(["train", "flow", "--reflow-from", ck, "--out", str(rf), *small]) == 0
+    assert main(["train", "flow", "--reflow-from", str(rf / "checkpoint.pt"), "--one-step", "true", "--out", str(one), *small]) == 0
+    from ldmcourse.checkpoint import load_checkpoint
+    from ldmcourse.recipes.flow import FlowConfig, build
+
+    student, teacher_state = build(FlowConfig(reflow_from=ck)), load_checkpoint(ck)["ema"]  # starts as the teacher
+    assert all(torch.equal(v, teacher_state[k]) for k, v in student.state_dict().items())
+    m1, meta1, _ = load_model(str(one / "checkpoint.pt"), torch.device("cpu"))
+    assert meta1["model_config"]["num_classes"] == 10 and json.loads(meta1["model_config"]["teacher_config"])["reflow_from"] == ck
+    assert sample(m1, meta1, 2, torch.Generator().manual_seed(0), "cpu", sampler="euler", steps=1, y=3).shape == (2, 1, 16, 16)
     capsys.readouterr()
+    assert main(["train", "flow", "--profile", "smoke", "--out", str(tmp_path / "bad"), "--one-step", "true", "--steps", "1",
+                 "--device", "cpu"]) == 2
+    assert "--reflow-from" in capsys.readouterr().err
     assert main(["train", "flow", "--profile", "smoke", "--out", str(tmp_path / "bad"), "--path", "curvy", "--steps", "1",
                  "--device", "cpu"]) == 2
     assert "--path 'curvy' is not known" in capsys.readouterr().err

@@ -6,13 +6,18 @@ latents of a course first stage: ``ldmcourse train flow``.
     ldmcourse sample --ckpt runs/flow/checkpoint.pt --sampler euler --steps 8 --n 64 --out samples.png
     ldmcourse sample --ckpt runs/flow/checkpoint.pt --sampler ddim --steps 8 --out samples.png   (the ε-samplers too)
     ldmcourse eval --ckpt runs/flow/checkpoint.pt --metric fid --option sampler=heun --option steps=16
+    ldmcourse train flow --reflow-from runs/flow/checkpoint.pt --reflow-pairs 10000 --out runs/flow-2rf      (reflow)
+    ldmcourse train flow --reflow-from runs/flow-2rf/checkpoint.pt --one-step true --out runs/flow-2rf-1step
+    ldmcourse sample --ckpt runs/flow-2rf-1step/checkpoint.pt --sampler euler --steps 1 --out one_step.png
 
 The model is a :class:`ldmcourse.latent.LatentDiffusion` (a frozen first stage, read as ``train ldm``
 reads it, plus the U-Net; ``--first-stage none``, the default, is pixel space). The U-Net predicts the velocity v(x_t, t); it is called with 1000·t (``time_scale``), the range its
 sinusoidal embedding was built for (SD3 does the same). Samplers: ``euler``, ``heun``, ``midpoint``
 integrate the velocity from t = 1 to 0 (NFE = steps, 2·steps, 2·steps); any other name of
 ``ldmcourse.samplers.SAMPLERS`` (ddim, dpm_solver++_2m, …) runs on the path as a process, on the
-model converted to an ε-model. The initial noise is drawn exactly as ``sample_chunked`` draws it
+model converted to an ε-model. Reflow (``--reflow-from``) starts from the teacher's weights and trains on
+``--reflow-pairs`` (sample, noise) pairs of its ODE, drawn once at the first step (regenerated identically on
+``--resume``); ``--dataset`` should be the teacher's (pictures, metrics), its images are not trained on. The initial noise is drawn exactly as ``sample_chunked`` draws it
 (one seed per sample), so the same ``--seed`` gives the same x_T for every sampler and for the ε-models
 of the ddpm recipe: comparisons are paired.
 """
@@ -20,6 +25,7 @@ of the ddpm recipe: comparisons are paired.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 import torch
@@ -48,12 +54,23 @@ class FlowConfig(UNetConfig):
     p_uncond: float = 0.0  # label dropout (class-conditional models)
     time_scale: float = 1000.0  # the network sees time_scale·t
     shift: float = 1.0  # sampling-grid shift t -> s t / (1 + (s - 1) t) (SD3 eq. 23)
+    # reflow / one-step distillation (Liu et al. 2022): start from a trained flow and train on its own pairs
+    reflow_from: str = ""  # a flow checkpoint (the teacher): its architecture, path, first stage and weights are copied
+    reflow_pairs: int = 10_000  # (sample, noise) pairs drawn from the teacher's ODE
+    reflow_ode_steps: int = 32  # Heun steps of the teacher per pair (NFE 64)
+    reflow_seed: int = 0  # seed of the pairs' noise (and labels)
+    one_step: bool = False  # with reflow_from: distil the one-step map z -> z - v(z, 1) (train at t = 1 only)
+    teacher_config: str = ""  # filled in: the teacher's model config as JSON
 
     def __post_init__(self):
         super().__post_init__()
         self.latent_shape = tuple(self.latent_shape)
         if self.p_uncond and not self.num_classes:
             raise ValueError("p_uncond > 0 needs a class-conditional model: add --num-classes K")
+        if self.one_step and not self.reflow_from:
+            raise ValueError("--one-step distils a trained flow on its own pairs: give --reflow-from CKPT")
+        if self.reflow_from and (self.reflow_pairs < 1 or self.reflow_ode_steps < 1):
+            raise ValueError(f"--reflow-pairs {self.reflow_pairs} and --reflow-ode-steps {self.reflow_ode_steps} must be >= 1")
         for name, value, choices in (("path", self.path, PATHS), ("t-sampling", self.t_sampling, T_SAMPLINGS)):
             if value not in choices:
                 raise ValueError(f"--{name} {value!r} is not known; choose one of {', '.join(choices)}")
@@ -76,29 +93,79 @@ SIZES = {
 }
 
 
+# what a reflowed / distilled student inherits from its teacher (the rest, e.g. t_sampling and p_uncond, is its own)
+_INHERITED = tuple(f.name for f in dataclasses.fields(UNetConfig)) + (
+    "image_size", "first_stage", "first_stage_kind", "first_stage_config", "latent_shape", "scale_factor", "path", "time_scale")
+
+
 def build(cfg: FlowConfig):
     from ..latent import LatentDiffusion
     from .ldm import _build_first_stage  # the one reader of first-stage checkpoints (shared with train ldm)
 
+    state = None
+    if cfg.reflow_from and not cfg.teacher_config:  # first build of a student: the teacher's architecture and weights
+        from ..checkpoint import load_checkpoint
+
+        ck = load_checkpoint(cfg.reflow_from)
+        if ck["meta"]["kind"] != "flow":
+            raise ValueError(f"--reflow-from {cfg.reflow_from} is a {ck['meta']['kind']!r} checkpoint; reflow needs a flow model")
+        teacher = ck["meta"]["model_config"]
+        for k in _INHERITED:
+            setattr(cfg, k, tuple(teacher[k]) if isinstance(teacher[k], list) else teacher[k])
+        cfg.teacher_config = json.dumps(teacher)
+        state = ck["ema"] if ck.get("ema") is not None else ck["model"]
     fs = _build_first_stage(cfg)
     cfg.in_channels, cfg.latent_shape = fs.latent_shape[0], fs.latent_shape  # recorded in the checkpoint's meta
     scale = cfg.scale_factor if cfg.scale_factor is not None else (1.0 if fs.kind == "identity" else None)
     model = LatentDiffusion(fs, UNet(cfg.unet_config()), scale_factor=scale)
+    if state is not None:
+        model.load_state_dict(state)  # Liu et al. initialise k+1-rectified flow from k-rectified flow
     model.flow_config = cfg  # plain attribute (not in the state dict): lets picture() find the path
     return model
 
 
+@torch.no_grad()
+def teacher_pairs(cfg: FlowConfig, device) -> tuple[torch.Tensor, ...]:
+    """(x, z[, y]): ``reflow_pairs`` latents x = Φ(z) of the teacher's ODE (Heun, ``reflow_ode_steps``), the noise z
+    they came from and, for a class-conditional teacher, the uniformly drawn labels y it was conditioned on."""
+    from ..cli import load_model
+
+    teacher, _, _ = load_model(cfg.reflow_from, torch.device(device))
+    g = torch.Generator(device="cpu").manual_seed(cfg.reflow_seed)
+    n, K = cfg.reflow_pairs, cfg.num_classes
+    z = torch.randn(n, *teacher.latent_shape, generator=g)
+    y = torch.randint(0, K, (n,), generator=g) if K else None
+    path = make_path(cfg.path)
+    times = time_grid(cfg.reflow_ode_steps, path.t_range[1], path.t_range[0])
+    print(f"[ldmcourse] reflow: {n} pairs from {cfg.reflow_from} (Heun, {cfg.reflow_ode_steps} steps)", flush=True)
+    xs = []
+    for a in range(0, n, 256):
+        yb = y[a:a + 256].to(device) if K else None
+        v = lambda x, t: teacher(x, cfg.time_scale * t.float(), yb)  # noqa: E731
+        xs.append(get_flow_sampler("heun")(v, z[a:a + 256].to(device), times))
+    return (torch.cat(xs), z.to(device)) + ((y.to(device),) if K else ())
+
+
 def loss(cfg: FlowConfig):
-    """Encode the batch with the frozen first stage (setting the scale on the first batch), then the flow loss."""
+    """Encode the batch with the frozen first stage (setting the scale on the first batch), then the flow loss.
+    With ``reflow_from``: the batches give only the batch size; the loss is on a random batch of the
+    teacher's pairs (generated on the first call), and at t = 1 only with ``one_step``."""
     from functools import partial
 
-    from ..flow import flow_loss
+    from ..flow import flow_loss, reflow_loss
 
-    fn = partial(flow_loss, path=make_path(cfg.path), t_sampling=cfg.t_sampling, loc=cfg.t_loc, scale=cfg.t_scale,
-                 p_uncond=cfg.p_uncond, time_scale=cfg.time_scale)
+    kw = dict(path=make_path(cfg.path), t_sampling=cfg.t_sampling, loc=cfg.t_loc, scale=cfg.t_scale, p_uncond=cfg.p_uncond,
+              time_scale=cfg.time_scale)
+    fn = partial(flow_loss, **kw)
+    pairs: list = []
 
     def loss_fn(model, batch, generator=None, **kwargs):  # kwargs: flow_loss's t=, noise= (fixed draws)
         x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        if cfg.reflow_from:
+            if not pairs:
+                pairs.extend(teacher_pairs(cfg, x.device))
+            idx = torch.randint(0, pairs[0].shape[0], (x.shape[0],), generator=generator, device=x.device)
+            return reflow_loss(model.unet, tuple(p[idx] for p in pairs), generator, one_step=cfg.one_step, **kw)
         if not model.scale_is_set:
             model.set_scale_factor(x, generator)
         z = model.encode(x, generator)  # (B, C, H, W) -> (B, c, h, w); identity for pixels
