@@ -87,6 +87,26 @@ def test_vp_path_derivatives_are_the_vp_sde():
     torch.testing.assert_close(g2, g2_ref, rtol=1e-8, atol=0)
 
 
+def test_mixture_velocity_on_the_vp_path_is_the_probability_flow_drift():
+    """On the VP SDE's path the marginal velocity is the probability-flow ODE's drift f x - ½ g² ∇log p_t
+    (Song et al. 2021, eq. 13), and Heun on it from t = 1 reaches the VP ODE's solution by the course's sampler."""
+    from ldmcourse.samplers import heun as karras_heun
+    from ldmcourse.sde import VPSDE
+
+    mix, sde = _mixture(), VPSDE()
+    path = flow.ProcessPath(sde)
+    v = flow.mixture_velocity(mix, path)
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    for t in (0.05, 0.5, 0.95):
+        f, g2 = (float(c) for c in sde.f_g2(t))
+        a, s = (float(c) for c in sde.marginal(t))
+        torch.testing.assert_close(v(x, torch.full((32,), t, dtype=torch.float64)), f * x - 0.5 * g2 * mix.score(x, a, s), rtol=1e-9, atol=1e-9)
+    times = flow.time_grid(200, 1.0, path.t_min)
+    ours = flow.heun(v, x, times)
+    ref = karras_heun(mix.eps_model(sde), x, sde, timesteps=times, final_step=False)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=2e-3)
+
+
 def test_course_eps_model_is_a_velocity_on_its_schedule_path():
     """The exact ε-model of a DDPM schedule (called with indices u), converted by velocity_from_eps on the
     schedule's path (t = (u + 1)/T), equals the mixture's exact velocity on that path."""

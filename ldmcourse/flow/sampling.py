@@ -117,8 +117,7 @@ def eps_from_velocity(velocity_model: VelocityModel, path):
     ε = (α v - α' x)/(α σ' - σ α'). Lets DDIM / DPM-Solver of :mod:`ldmcourse.samplers` run a flow model."""
     path = make_path(path)
 
-    def eps(x, t):
-        t = t.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    def eps(x, t):  # t: float64 from the path's model_time, so the coefficients near α = 0 are exact
         v = velocity_model(x, t.to(x.dtype)).to(x.dtype)
         return velocity_to_eps(v, x, *path.coefficients_like(t, x))
 

@@ -19,7 +19,7 @@ model converted to an ε-model. Reflow (``--reflow-from``) starts from the teach
 ``--reflow-pairs`` (sample, noise) pairs of its ODE, drawn once at the first step (regenerated identically on
 ``--resume``); ``--dataset`` should be the teacher's (pictures, metrics), its images are not trained on. The initial noise is drawn exactly as ``sample_chunked`` draws it
 (one seed per sample), so the same ``--seed`` gives the same x_T for every sampler and for the ε-models
-of the ddpm recipe: comparisons are paired.
+of the ddpm recipe: comparisons are paired (the ε-samplers start at t = 0.999 with x_T scaled by σ = 0.999).
 """
 
 from __future__ import annotations
