@@ -191,11 +191,13 @@ def captions(codes) -> list[str]:
 
 
 def drop_attributes(codes: torch.Tensor, p_attr: float = 0.5, p_class: float = 0.1,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Set each attribute to UNSAID with probability ``p_attr`` and the class with ``p_class``."""
-    codes = torch.as_tensor(codes).clone()
+                    generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Set each attribute to UNSAID with probability ``p_attr`` and the class with ``p_class``
+    (uniforms drawn from ``generator`` on ``device``, default the generator's)."""
+    codes = torch.as_tensor(codes).cpu().clone()
+    device = device if device is not None else (generator.device if generator is not None else "cpu")
     p = torch.tensor([p_class] + [p_attr] * len(ATTRIBUTES))
-    drop = torch.rand(codes.shape, generator=generator) < p  # (B, 4)
+    drop = torch.rand(codes.shape, generator=generator, device=device).cpu() < p  # (B, 4)
     codes[drop] = UNSAID
     return codes
 

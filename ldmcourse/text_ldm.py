@@ -1,0 +1,172 @@
+"""Text-to-image latent diffusion: captions → text encoder → cross-attention in a U-Net or a DiT.
+
+A *wiring* module (like ``ldmcourse.latent``): it joins the captions (``ldmcourse.captions``), the text
+encoder (``ldmcourse.text``), a backbone (``ldmcourse.unet`` or ``ldmcourse.dit``), a first stage and
+the diffusion process; none of those import each other.
+
+    (x, codes) ──drop attributes──► caption ──tokenize──► ids ─┐
+        │                                                     ▼
+        └─encode─► z ──q_sample──► z_t ──► TextConditioned(backbone, τ_θ)(z_t, t, ids) ──► ε̂ ──► L_simple
+
+- :func:`build_text_ldm`: a :class:`~ldmcourse.latent.LatentDiffusion` whose network is
+  ``TextConditioned(backbone, TextEncoder)``; ``backbone="unet" | "dit"`` with the same text encoder.
+- :class:`CaptionedData`: a data set whose batches are ``(x, codes)``, codes (B, 4) the measured
+  attributes of each digit (``ldmcourse.captions.attributes``), computed once.
+- :func:`text_diffusion_loss`: per batch, attributes are dropped at random (partial prompts in
+  distribution), the caption is replaced by the empty caption with probability ``p_uncond``
+  (classifier-free guidance training), then ``ldmcourse.diffusion.diffusion_loss`` on the latents.
+- :func:`sample_prompts`: one prompt per sample, classifier-free guidance with ``ldmcourse.guidance``
+  unchanged (``uncond`` = the empty caption's ids, so both branches share one batched call).
+- :func:`prompt_adherence`: the fraction of samples whose measured attributes match their prompt.
+- :func:`notebook12_configs`: a U-Net and a DiT of (about) equal size for the comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .captions import CaptionBins, adherence, attributes, captions, default_bins, drop_attributes, parse_caption
+from .diffusion import as_eps_model, diffusion_loss
+from .dit import DiT, DiTConfig
+from .guidance import cfg_eps_model
+from .latent import FirstStage, LatentDiffusion
+from .samplers import get_sampler, sample_chunked
+from .schedules import Schedule
+from .text import TextConditioned, TextEncoder, TextEncoderConfig, Tokenizer
+from .unet import UNet, UNetConfig
+
+BACKBONES = ("unet", "dit")
+
+
+def build_backbone(kind: str, in_channels: int, context_dim: int, unet: UNetConfig | None = None,
+                   dit: DiTConfig | None = None) -> nn.Module:
+    """A U-Net or a DiT with ``in_channels`` (the latent's c) and cross-attention on ``context_dim``."""
+    if kind == "unet":
+        return UNet(dataclasses.replace(unet or UNetConfig(), in_channels=in_channels, context_dim=context_dim))
+    if kind == "dit":
+        return DiT(dataclasses.replace(dit or DiTConfig(), in_channels=in_channels, context_dim=context_dim))
+    raise ValueError(f"backbone {kind!r}: choose one of {', '.join(BACKBONES)}")
+
+
+def build_text_ldm(first_stage: FirstStage, backbone: str = "unet", text: TextEncoderConfig | None = None,
+                   unet: UNetConfig | None = None, dit: DiTConfig | None = None,
+                   scale_factor: float | None = None) -> LatentDiffusion:
+    """First stage (frozen) + ``TextConditioned(backbone, TextEncoder(text))`` on its latents."""
+    text = text or TextEncoderConfig()
+    net = build_backbone(backbone, first_stage.latent_shape[0], text.dim, unet, dit)
+    if backbone == "dit" and first_stage.latent_shape[-1] % net.config.patch_size:
+        raise ValueError(f"latent side {first_stage.latent_shape[-1]} is not divisible by patch_size={net.config.patch_size}")
+    if first_stage.kind == "identity" and scale_factor is None:
+        scale_factor = 1.0
+    return LatentDiffusion(first_stage, TextConditioned(net, TextEncoder(text)), scale_factor=scale_factor)
+
+
+class CaptionedData:
+    """Wraps an image data set (``ldmcourse.data.ImageTensorDataset``): ``get_batch(idx) -> (x, codes)``."""
+
+    def __init__(self, data, bins: CaptionBins | None = None):
+        self.data = data
+        x, y = data.tensors()
+        self.codes = attributes(x, y, bins or default_bins())  # (N, 4), measured once
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data[i][0], self.codes[i]
+
+    def get_batch(self, idx: torch.Tensor):
+        return self.data.get_batch(idx)[0], self.codes[idx]
+
+    def captions(self, idx=None) -> list[str]:
+        return captions(self.codes if idx is None else self.codes[idx])
+
+
+def text_diffusion_loss(schedule: Schedule, p_uncond: float = 0.1, p_attr: float = 0.5, p_class: float = 0.1,
+                        **kwargs) -> Callable:
+    """``loss_fn(model, (x, codes), generator)`` for ``fit`` with a :func:`build_text_ldm` model.
+
+    Each attribute is left out of the caption with probability ``p_attr`` (the class with ``p_class``),
+    then the whole caption becomes "" with probability ``p_uncond``. ``kwargs`` go to
+    :func:`ldmcourse.diffusion.diffusion_loss` (``prediction``, ``weighting``, …). The random draws
+    come from ``generator`` (on the data's device), so a resumed run draws the same captions.
+    """
+
+    def loss_fn(model: LatentDiffusion, batch, generator: torch.Generator | None = None):
+        x, codes = batch
+        if not model.scale_is_set:
+            model.set_scale_factor(x, generator)
+        z = model.encode(x, generator)  # no gradient into the frozen first stage
+        net: TextConditioned = model.unet
+        codes = drop_attributes(codes.cpu(), p_attr, p_class, generator=generator, device=x.device)
+        texts = captions(codes)
+        if p_uncond > 0:
+            drop = (torch.rand(len(texts), generator=generator, device=x.device) < p_uncond).tolist()
+            texts = ["" if d else c for c, d in zip(texts, drop)]
+        ids = net.tokenize(texts).to(x.device)  # (B, L)
+        # a closure with no .config: diffusion_loss calls it as eps(x_t, t), the caption bound inside
+        return diffusion_loss(lambda x_t, t: net(x_t, t, ids), z, generator, schedule=schedule, **kwargs)
+
+    return loss_fn
+
+
+def text_eps_model(net: TextConditioned, ids: torch.Tensor, schedule: Schedule, guidance: float = 1.0,
+                   prediction: str = "eps") -> Callable:
+    """ε-model for token ids (B, L) or (1, L) with classifier-free guidance scale ``guidance``."""
+    eps = cfg_eps_model(net, ids, guidance, uncond=net.null_ids)
+    return as_eps_model(eps, schedule, prediction)
+
+
+@torch.no_grad()
+def sample_prompts(model: LatentDiffusion, prompts: str | list[str], schedule: Schedule, n: int | None = None,
+                   sampler: Callable | str = "ddim", steps: int = 50, guidance: float = 1.0,
+                   generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+                   prediction: str = "eps", batch_size: int = 256, decode: bool = True, **options) -> torch.Tensor:
+    """Samples for ``prompts`` (one per sample; a single prompt with ``n`` gives n samples of it).
+
+    Each distinct prompt goes through ``sample_chunked`` in turn (same images whatever ``batch_size``);
+    an unknown word raises :class:`ldmcourse.text.PromptError` listing the vocabulary.
+    """
+    device = torch.device(device)
+    prompts = [prompts] * (n or 1) if isinstance(prompts, str) else list(prompts)
+    net: TextConditioned = model.unet
+    ids = net.tokenizer(prompts)  # validates every prompt before any sampling
+    out = torch.empty(len(prompts), *model.latent_shape, device=device)
+    for p in dict.fromkeys(prompts):
+        where = [i for i, q in enumerate(prompts) if q == p]
+        eps = text_eps_model(net, ids[where[0]:where[0] + 1].to(device), schedule, guidance, prediction)
+        out[where] = sample_chunked(get_sampler(sampler), eps, model.latent_shape, len(where), batch_size, generator,
+                                    schedule=schedule, device=device, out_device=device, steps=steps, **options)
+    if not decode:
+        return out
+    return torch.cat([model.decode(out[a:a + batch_size]) for a in range(0, len(out), batch_size)])
+
+
+def prompt_adherence(images: torch.Tensor, prompts: list[str], bins: CaptionBins | None = None,
+                     predicted_class=None) -> dict[str, dict]:
+    """Per attribute, how often the samples have what their prompt asked for (``captions.adherence``);
+    every prompt must name a class. ``predicted_class``: the course classifier's labels, to score the class."""
+    codes = torch.stack([parse_caption(p) for p in prompts])
+    return adherence(images, codes, bins, predicted_class)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def notebook12_configs() -> dict[str, dict]:
+    """A U-Net and a DiT for the (4, 8, 8) latents of the cpu KL autoencoder with about the same number
+    of backbone parameters (±10 %), both with the same text encoder (``TextEncoderConfig()``)."""
+    return {
+        "text": dataclasses.asdict(TextEncoderConfig()),
+        "unet": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention=(4,), head_dim=32),
+        "dit": dict(patch_size=2, hidden_dim=96, depth=6, heads=4),  # 1,228,720 vs the U-Net's 1,249,284 (-1.6 %)
+    }
+
+
+__all__ = ["BACKBONES", "build_backbone", "build_text_ldm", "CaptionedData", "text_diffusion_loss", "text_eps_model",
+           "sample_prompts", "prompt_adherence", "count_parameters", "notebook12_configs"]
