@@ -244,3 +244,30 @@ def test_drop_attributes_rates():
     kept = d != UNSAID
     assert torch.equal(d[kept], codes[kept])
     assert (drop_attributes(codes, 0.0, 0.0) == codes).all()
+
+
+def test_default_thresholds_are_mnist5k_terciles():
+    from ldmcourse.captions import default_bins, fit_default_bins
+
+    fitted, stored = fit_default_bins(), default_bins()
+    for a in ATTRIBUTES:
+        np.testing.assert_allclose(fitted.thresholds[a], stored.thresholds[a], atol=6e-4)
+
+
+def test_captioned_data_prompts_and_ceiling_agree_with_the_measures():
+    """Real digits adhere perfectly to their own captions, through every path that scores them."""
+    from ldmcourse.data import load_dataset
+    from ldmcourse.latent import FirstStage
+    from ldmcourse.text_ldm import CaptionedData, build_text_ldm, ceiling_adherence, prompt_adherence
+
+    ds = load_dataset("mnist5k", "test", size=32, n=120)
+    data = CaptionedData(ds)
+    x, codes = data.get_batch(torch.arange(120))
+    assert x.shape == (120, 1, 32, 32) and codes.shape == (120, 4) and torch.equal(codes[:, 0], ds.labels)
+    assert ((codes[:, 1:] >= 0) & (codes[:, 1:] <= 2)).all()
+    res = prompt_adherence(x, data.captions())
+    assert all(r["rate"] == 1.0 and r["n"] == 120 for r in res.values()), res
+    model = build_text_ldm(FirstStage(None, "identity", image_shape=(1, 32, 32)), "unet", TEXT,
+                           unet=UNetConfig(**SMALL))  # identity first stage: reconstructions are the digits
+    res = ceiling_adherence(model, ds, classify=lambda im: ds.labels)
+    assert all(r["rate"] == 1.0 for r in res.values()) and set(res) == {"thickness", "width", "slant", "class"}
