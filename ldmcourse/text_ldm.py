@@ -39,6 +39,7 @@ from .diffusion import as_eps_model, diffusion_loss
 from .dit import DiT, DiTConfig
 from .guidance import cfg_eps_model
 from .latent import FirstStage, LatentDiffusion
+from .nn import CrossAttention
 from .samplers import get_sampler, sample_chunked
 from .schedules import Schedule
 from .text import TextConditioned, TextEncoder, TextEncoderConfig, Tokenizer
@@ -160,6 +161,34 @@ def sample_prompts(model: LatentDiffusion, prompts: str | list[str], schedule: S
     return torch.cat([model.decode(out[a:a + batch_size]) for a in range(0, len(out), batch_size)])
 
 
+@torch.no_grad()
+def picture_prompts(model: LatentDiffusion, schedule: Schedule, generator: torch.Generator | None = None,
+                    device: str | torch.device = "cpu", prediction: str = "eps", guidance: float = 3.0,
+                    repeats: int = 4, steps: int = 25) -> tuple[torch.Tensor, list[str]]:
+    """Samples for :data:`PICTURE_PROMPTS` (``repeats`` of each, DDIM): images in [-1, 1] and their prompts."""
+    prompts = [p for p in PICTURE_PROMPTS for _ in range(repeats)]
+    x = sample_prompts(model, prompts, schedule, steps=steps, guidance=guidance, generator=generator, device=device,
+                       prediction=prediction)
+    return x.clamp(-1, 1).cpu(), prompts
+
+
+@torch.no_grad()
+def attention_maps(net: TextConditioned, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The cross-attention weights of one forward pass, per layer: {name: (B, heads, N, L)}, N the
+    layer's pixels (U-Net, H·W at its resolution) or patches (DiT); row i sums to 1 over the real tokens.
+    Average over heads and reshape N to (h, w) to see which word each place attends to."""
+    layers = {name: m for name, m in net.backbone.named_modules()
+              if isinstance(m, CrossAttention) and name.endswith(("xattn.attn", "xattn"))}
+    for m in layers.values():
+        m.keep_weights = True
+    try:
+        net(x, t, ids)
+        return {name: m.weights for name, m in layers.items()}
+    finally:
+        for m in layers.values():
+            m.keep_weights, m.weights = False, None
+
+
 def prompt_adherence(images: torch.Tensor, prompts: list[str], bins: CaptionBins | None = None,
                      predicted_class=None) -> dict[str, dict]:
     """Per attribute, how often the samples have what their prompt asked for (``captions.adherence``);
@@ -249,5 +278,5 @@ def loss_from_options(schedule: Schedule, opts: TextOptions, p_uncond: float = 0
 
 
 __all__ = ["BACKBONES", "build_backbone", "build_text_ldm", "CaptionedData", "text_diffusion_loss", "text_eps_model",
-           "sample_prompts", "prompt_adherence", "ceiling_adherence", "count_parameters", "notebook12_configs",
+           "sample_prompts", "picture_prompts", "attention_maps", "prompt_adherence", "ceiling_adherence", "count_parameters", "notebook12_configs",
            "EVAL_PROMPTS", "PICTURE_PROMPTS", "TextOptions", "build_from_options", "loss_from_options"]

@@ -271,3 +271,40 @@ def test_captioned_data_prompts_and_ceiling_agree_with_the_measures():
                            unet=UNetConfig(**SMALL))  # identity first stage: reconstructions are the digits
     res = ceiling_adherence(model, ds, classify=lambda im: ds.labels)
     assert all(r["rate"] == 1.0 for r in res.values()) and set(res) == {"thickness", "width", "slant", "class"}
+
+
+def test_checkpointing_with_text_same_output_and_grads():
+    torch.manual_seed(0)
+    cfg = dict(in_channels=2, context_dim=16, **SMALL)
+    a = _perturb(UNet(UNetConfig(**cfg)))
+    b = UNet(UNetConfig(checkpointing=True, **cfg))
+    b.load_state_dict(a.state_dict())
+    x, t, ctx = torch.randn(2, 2, 8, 8), torch.tensor([5, 500]), torch.randn(2, 4, 16)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]]).bool()
+    a.train(), b.train()
+    oa, ob = a(x, t, context=ctx, context_mask=mask), b(x, t, context=ctx, context_mask=mask)
+    torch.testing.assert_close(oa, ob)
+    oa.square().sum().backward()
+    ob.square().sum().backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=n)
+
+
+@pytest.mark.parametrize("backbone", ["unet", "dit"])
+def test_attention_maps_over_the_prompt(backbone):
+    from ldmcourse.dit import DiTConfig
+    from ldmcourse.latent import FirstStage
+    from ldmcourse.text_ldm import attention_maps, build_text_ldm
+
+    torch.manual_seed(0)
+    model = build_text_ldm(FirstStage(None, "identity", image_shape=(2, 8, 8)), backbone, TEXT, unet=UNetConfig(**SMALL),
+                           dit=DiTConfig(hidden_dim=32, depth=2, heads=2))
+    net = _perturb(model.unet)
+    ids = net.tokenize(["a thin three", "an eight"])
+    maps = attention_maps(net, torch.randn(2, 2, 8, 8), torch.tensor([10, 500]), ids)
+    assert len(maps) == (7 if backbone == "unet" else 2)
+    for name, w in maps.items():
+        assert w.shape[0] == 2 and w.shape[-1] == 12, name
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
+        assert float(w[0, ..., 4:].abs().max()) == 0 and float(w[1, ..., 3:].abs().max()) == 0  # padding gets nothing
+    assert not any(m.keep_weights for m in net.modules() if isinstance(m, CrossAttention))
