@@ -20,12 +20,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .nn import CrossAttention, TimeEmbedding
 

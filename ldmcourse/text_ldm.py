@@ -42,7 +42,7 @@ from .latent import FirstStage, LatentDiffusion
 from .nn import CrossAttention
 from .samplers import get_sampler, sample_chunked
 from .schedules import Schedule
-from .text import TextConditioned, TextEncoder, TextEncoderConfig, Tokenizer
+from .text import TextConditioned, TextEncoder, TextEncoderConfig
 from .unet import UNet, UNetConfig
 
 BACKBONES = ("unet", "dit")

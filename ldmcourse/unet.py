@@ -126,7 +126,7 @@ class UNet(nn.Module):
 
         self.mid = _Stage(block(ch, ch), Attention(ch, cfg.head_dim, cfg.groups) if cfg.mid_attention else None,
                           block2=block(ch, ch),
-                         xattn=SpatialCrossAttention(ch, cfg.context_dim, cfg.head_dim, cfg.groups) if cfg.context_dim else None)
+                          xattn=SpatialCrossAttention(ch, cfg.context_dim, cfg.head_dim, cfg.groups) if cfg.context_dim else None)
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):

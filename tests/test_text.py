@@ -11,7 +11,7 @@ import torch
 from ldmcourse.captions import (ATTRIBUTES, UNSAID, adherence, attributes, caption, drop_attributes, fit_bins, measure,
                                 parse_caption)
 from ldmcourse.nn import CrossAttention, SpatialCrossAttention
-from ldmcourse.text import VOCAB, PromptError, TextConditioned, TextEncoder, TextEncoderConfig, Tokenizer
+from ldmcourse.text import PromptError, TextConditioned, TextEncoder, TextEncoderConfig, Tokenizer
 from ldmcourse.unet import UNet, UNetConfig
 
 SMALL = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention=(2,), head_dim=16)
