@@ -31,10 +31,7 @@ epoch ``e`` uses ``randperm(N, seed + e)``.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
-import math
 import os
 import signal
 import sys
@@ -49,6 +46,7 @@ from torch.utils.data import Dataset, default_collate
 
 from .checkpoint import CheckpointMismatch, load_checkpoint, remove_temp_files, save_checkpoint
 from .distributed import gather_objects, mean_over_ranks
+from .optim import EMA, autocast_context, lr_lambda
 from .rundir import (FREE_FIT_FIELDS, RunLock, StopSignals, TrainingInterrupted, check_out_dir, describe_differences,
                      open_metrics_log, resume_differences)
 from .utils import Progress, check_choice, check_range
@@ -121,49 +119,6 @@ class FitResult:
 # pieces
 # ----------------------------------------------------------------------------------------------
 
-class EMA:
-    """Exponential moving average of parameters (and a copy of buffers): θ_ema ← d·θ_ema + (1-d)·θ.
-
-    The decay warms up as d_n = min(decay, (1 + n) / (10 + n)) after n updates, so a short run is not
-    dominated by its random initial weights (with a fixed d = 0.999, the initial weights would still
-    carry 0.999^600 ≈ 55 % of the average after 600 steps).
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-
-    def decay_at(self, n: int) -> float:
-        return min(self.decay, (1 + n) / (10 + n))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int, copy_only: bool = False, every: int = 1) -> None:
-        ema_p = list(self.module.parameters())
-        p = [q.detach() for q in model.parameters()]
-        if copy_only:
-            torch._foreach_copy_(ema_p, p)
-        else:
-            torch._foreach_lerp_(ema_p, p, 1.0 - self.decay_at(step) ** every)  # k steps at once: decay**k
-        for b_ema, b in zip(self.module.buffers(), model.buffers()):
-            b_ema.copy_(b)
-
-
-def lr_lambda(cfg: FitConfig, start: int = 0) -> Callable[[int], float]:
-    """Linear warm-up over ``cfg.warmup`` steps, then cosine from 1 to ``cfg.min_lr_ratio`` at ``cfg.steps``.
-
-    ``start``: the global step at which this schedule begins (0, or where ``reset_optimizer`` restarted it);
-    the argument is the number of steps since then (what ``LambdaLR`` counts)."""
-
-    def f(k: int) -> float:
-        if cfg.warmup > 0 and k < cfg.warmup:
-            return (k + 1) / cfg.warmup
-        span = max(1, cfg.steps - start - cfg.warmup)
-        progress = min(1.0, (k - cfg.warmup) / span)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
-
-
 def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
     """Indices of the batch for global ``step``: a pure function of (n, batch_size, step, seed).
 
@@ -192,14 +147,6 @@ def to_device(batch, device: torch.device):
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     return batch
-
-
-def autocast_context(amp: str, device: torch.device):
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp='fp16' needs CUDA (fp16 on CPU is slow and unsupported); use amp='bf16' or 'none'")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:

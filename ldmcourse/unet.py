@@ -31,6 +31,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .nn import Attention, ConvNeXtBlock, Downsample, LinearAttention, ResBlock, TimeEmbedding, Upsample, group_norm
 
+from .utils import check_counts, check_range
+
 
 @dataclass
 class UNetConfig:
@@ -63,6 +65,15 @@ class UNetConfig:
             raise ValueError("channel_mult must be non-empty and num_res_blocks >= 1")
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes={self.num_classes}: use None for an unconditional model, or K >= 1")
+        check_range("in_channels", self.in_channels, 1, integer=True)
+        if self.out_channels is not None:
+            check_range("out_channels", self.out_channels, 1, integer=True, hint="or none for in_channels")
+        for name in ("base_channels", "head_dim", "convnext_mult", "groups"):
+            check_range(name, getattr(self, name), 1, integer=True)
+        check_counts("channel_mult", self.channel_mult)
+        check_counts("attention", self.attention, hint="downsampling factors 1, 2, 4, ...")
+        check_counts("linear_attention", self.linear_attention, hint="downsampling factors 1, 2, 4, ...")
+        check_range("dropout", self.dropout, 0, 1, hi_open=True)
 
     @property
     def downsampling(self) -> int:

@@ -58,6 +58,15 @@ def randn_like(like: torch.Tensor, generator) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
+def per_sample_generators(generator: torch.Generator | None, n: int, device=None) -> list[torch.Generator]:
+    """One generator per sample, seeded by ``n`` draws from ``generator`` (as :func:`~ldmcourse.samplers.sample_chunked`
+    does): whatever chunks the samples are then drawn in, sample i's noise is the same."""
+    src = generator.device if generator is not None else "cpu"
+    seeds = torch.randint(0, 2**62, (n,), generator=generator, device=src).tolist()
+    device = torch.device(device) if device is not None else torch.device(src)
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+
 def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
     """Append trailing singleton dims so a per-sample (B,) tensor broadcasts against (B, C, H, W)."""
     if x.ndim > ndim:
