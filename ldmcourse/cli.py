@@ -503,6 +503,14 @@ def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+class UsageError(SystemExit):
+    """An ``error: ...`` line already printed; exits with status 2 (like argparse), the message kept as ``str(e)``."""
+
+    @property
+    def code(self) -> int:  # type: ignore[override]
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
@@ -522,6 +530,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:
+        if isinstance(e.code, str) and not isinstance(e, UsageError):  # raise SystemExit("error: ...")
+            print(e.code, file=sys.stderr)
+            raise UsageError(e.code) from None
+        raise
     return 0
 
 

@@ -70,7 +70,8 @@ def read_config_file(path: str | None) -> dict[str, dict[str, Any]]:
 
 
 def build_config(cls: type, *layers: dict[str, Any], where: str = "") -> Any:
-    """``cls(**merged layers)``; an unknown key or a value its ``__post_init__`` refuses exits with ``error:``."""
+    """``cls(**merged layers)``: an unknown key exits with an ``error:`` line; a value that ``__post_init__``
+    refuses raises ``ValueError`` naming the section (``where``) and the value."""
     fields = {f.name for f in dataclasses.fields(cls)}
     merged: dict[str, Any] = {}
     for layer in layers:
@@ -81,7 +82,7 @@ def build_config(cls: type, *layers: dict[str, Any], where: str = "") -> Any:
     try:
         return cls(**merged)
     except (TypeError, ValueError) as e:  # e.g. a config file's "channels": 8 where a list is expected
-        raise SystemExit(f"error: {where}{e}")
+        raise ValueError(f"{where}{e}") from None
 
 
 def train_profile(explicit: str | None, out: Path, resume: bool) -> str:
