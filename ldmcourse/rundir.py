@@ -1,7 +1,8 @@
 """The run folder of :func:`ldmcourse.train.fit`: who may write into it, what it holds, what may change.
 
-- :class:`RunLock`: ``OUT/.lock`` holds the owner's pid and host; a second run on the same folder is
-  refused while the owner lives; the lock of a dead process (``kill -9``, a power cut) is taken over.
+- :class:`RunLock`: ``OUT/.lock`` holds the owner's pid, host and start time; a second run on the same
+  folder is refused while the owner lives; the lock of a dead process (``kill -9``, a power cut, a pid
+  reused by another process) is taken over.
 - :func:`check_out_dir`: a fresh run into a folder that holds another run's checkpoint is refused unless
   asked to overwrite it (a finished 300-step model is not silently replaced by a 2-step one).
 - :func:`open_metrics_log`: ``metrics.jsonl`` stays in step order across resumes (lines written after
@@ -46,7 +47,18 @@ class TrainingInterrupted(KeyboardInterrupt):
         return str(self.args[0])
 
 
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks (Linux ``/proc``), or "-": tells a live owner from a new process
+    that got a dead owner's pid (common in containers, where a restarted job gets the same small pid)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "-"
+
+
+def _alive(pid: int, started: str = "-") -> bool:
+    if started != "-" and _start_time(pid) not in ("-", started):
+        return False  # the pid was reused
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -63,24 +75,24 @@ class RunLock:
         self.path = Path(out) / ".lock"
         self.held = False
 
-    def _owner(self) -> tuple[int, str] | None:
+    def _owner(self) -> tuple[int, str, str] | None:
         try:
-            pid, host = self.path.read_text().split()[:2]
-            return int(pid), host
+            pid, host, *started = self.path.read_text().split()
+            return int(pid), host, (started or ["-"])[0]
         except (OSError, ValueError):
             return None  # vanished, or half-written by a process killed between create and write
 
     def acquire(self) -> "RunLock":
-        me = f"{os.getpid()} {socket.gethostname()}\n"
+        me = f"{os.getpid()} {socket.gethostname()} {_start_time(os.getpid())}\n"
         for _ in range(5):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
                 owner = self._owner()
                 if owner is not None:
-                    pid, host = owner
+                    pid, host, started = owner
                     here = host == socket.gethostname()
-                    if not here or (pid != os.getpid() and _alive(pid)):
+                    if not here or (pid != os.getpid() and _alive(pid, started)):
                         raise RunLocked(
                             f"another run (pid {pid} on {host}) is training into {self.path.parent}; wait for it to "
                             f"finish or stop it, or choose another --out (if no such process exists, delete {self.path})")
@@ -96,7 +108,7 @@ class RunLock:
     def release(self) -> None:
         if self.held:
             with contextlib.suppress(OSError):
-                if self._owner() == (os.getpid(), socket.gethostname()):
+                if (self._owner() or (0,))[:2] == (os.getpid(), socket.gethostname()):
                     self.path.unlink()
             self.held = False
 

@@ -101,17 +101,21 @@ def test_2_lock_refuses_a_concurrent_run_and_takes_over_a_dead_ones(tmp_path, ca
         assert train(out, "--steps", "2") == 2
         assert f"another run (pid {other.pid}" in last_error(capsys)
         assert not (out / "checkpoint.pt").exists()
+        (out / ".lock").write_text(f"{other.pid} {socket.gethostname()} 1\n")  # its pid, another start time:
+        assert train(out, "--steps", "2") == 0  # the pid was reused by another process, the lock is stale
+        assert ckpt(out)["step"] == 2 and not (out / ".lock").exists()
     finally:
         other.kill()
         other.wait()
-    assert train(out, "--steps", "2") == 0  # the owner is dead: its lock is stale
-    assert ckpt(out)["step"] == 2 and not (out / ".lock").exists()
+    (out / ".lock").write_text(f"{other.pid} {socket.gethostname()}\n")
+    assert train(out, "--steps", "4", "--resume") == 0  # the owner is dead: its lock is stale
+    assert ckpt(out)["step"] == 4 and not (out / ".lock").exists()
 
 
 # 3. SIGTERM and Ctrl-C save the current step (the default --ckpt-every 0 used to lose everything),
 #    say where, exit 128 + signal; --resume continues from there
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_3_signal_saves_the_current_step(tmp_path, sig):
+def test_3_signal_saves_the_current_step(tmp_path, capsys, sig):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen([sys.executable, "-m", "ldmcourse", "train", "ae", "--out", str(out), *SMOKE,
@@ -120,6 +124,8 @@ def test_3_signal_saves_the_current_step(tmp_path, sig):
     log, deadline = out / "metrics.jsonl", time.time() + 240
     while time.time() < deadline and p.poll() is None and (not log.exists() or len(log.read_text().splitlines()) < 3):
         time.sleep(0.1)
+    assert train(out, "--steps", "5", "--overwrite") == 2  # a second run on the same --out, while this one lives
+    assert p.poll() is None and f"another run (pid {p.pid}" in last_error(capsys)
     p.send_signal(sig)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 128 + sig, err
