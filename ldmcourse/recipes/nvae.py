@@ -23,7 +23,7 @@ SIZES = {
     "smoke": {"fit": dict(steps=6, batch_size=16, lr=2e-3, warmup=2, log_every=2, grad_clip=200.0, ema_decay=None),
               "model": dict(channels=8, expansion=2, groups_per_scale=(1, 1), latent_channels=4, kl_warmup_steps=4),
               "data": dict(image_size=28, n_train=128),
-              "eval": {"nll": dict(n=32, k=10), "elbo": dict(n=200), "recon": dict(n=200)}},
+              "eval": {"nll": dict(n=32, k=10), "elbo": dict(n=200), "recon": dict(n=200), "fid": dict(n=200), "kid": dict(n=200)}},
     "cpu": {"fit": dict(steps=800, batch_size=64, lr=3e-3, warmup=50, log_every=20, grad_clip=200.0, ema_decay=None),
             "model": dict(channels=8, expansion=3, groups_per_scale=(2, 2), latent_channels=8, kl_warmup_steps=240),
             "data": dict(image_size=28),

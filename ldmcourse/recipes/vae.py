@@ -25,7 +25,7 @@ from .classifier import fid_metric
 SIZES = {
     "smoke": {"fit": dict(steps=30, batch_size=64, lr=2e-3, warmup=5, log_every=10),
               "model": dict(channels=(8, 16), latent_dim=8), "data": dict(n_train=512, image_size=28),
-              "eval": {"nll": dict(n=64, k=20), "elbo": dict(n=200), "recon": dict(n=200)}},
+              "eval": {"nll": dict(n=64, k=20), "elbo": dict(n=200), "recon": dict(n=200), "fid": dict(n=200), "kid": dict(n=200)}},
     # mnist5k (4,000 train digits), 28x28: a few minutes on 2 idle cores
     "cpu": {"fit": dict(steps=1000, batch_size=128, lr=2e-3, warmup=50, log_every=50, ema_decay=0.995),
             "model": dict(channels=(16, 32), latent_dim=16, kl_warmup=200), "data": dict(image_size=28),
