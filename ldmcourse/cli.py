@@ -90,6 +90,9 @@ def _explicit(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
 
 
+# read_config_file and build_config (config files, unknown keys, invalid values) live in ldmcourse.runconfig
+
+
 def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
 

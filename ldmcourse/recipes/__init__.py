@@ -37,10 +37,7 @@ class Recipe:
     - ``sizes[profile]``: ``{"fit": {...}, "model": {...}, "data": {...}}`` overrides per profile.
     - ``picture(model, data, device, generator) -> (images (B, C, H, W) in [-1, 1], filename)``.
     - ``sample(model, meta, n, generator, device, **options) -> images`` or None if it cannot sample.
-    - ``metrics``: ``{name: fn(model, meta, test_data, device, options) -> dict}``; a metric decorated with
-      :func:`metric_options` has its ``--option`` keys and values checked before it runs.
-    - ``sizes[profile]["eval"]``: ``{metric: {"n": N, option: default}}``, the evaluation defaults of a profile.
-    - ``takes_sampler``: False for models that sample in one pass (VAE, NVAE): ``--sampler``/``--steps`` do not apply.
+    - ``metrics``: ``{name: fn(model, meta, test_data, device, options) -> dict}``.
     """
 
     name: str
@@ -49,10 +46,24 @@ class Recipe:
     loss: Callable[[Any], Callable]
     sizes: dict[str, dict[str, dict[str, Any]]]
     picture: Callable[..., tuple[torch.Tensor, str]]
+    # False for models that sample in one pass (VAE, NVAE): --sampler/--steps do not apply, and are refused.
+    # (Also: sizes[profile]["eval"] = {metric: {"n": N, option: default}}, a profile's evaluation defaults; a metric
+    # decorated with metric_options below has its --option keys and values checked before it runs.)
+    takes_sampler: bool = True
     sample: Callable[..., torch.Tensor] | None = None
     metrics: dict[str, Callable[..., dict]] = field(default_factory=dict)
     description: str = ""
-    takes_sampler: bool = True
+
+
+def available() -> list[str]:
+    return sorted(_MODULES)
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in _MODULES:
+        raise KeyError(f"unknown model {name!r}; choose one of {', '.join(available())}")
+    mod = importlib.import_module(_MODULES[name])
+    return mod.RECIPES[name]
 
 
 def metric_options(passes_rest: bool = False, **spec: tuple[type, float | None]):
@@ -101,14 +112,3 @@ def refuse_sampler_options(kind: str, sampler, steps, options: dict[str, Any], t
     if given:
         raise ValueError(f"a {kind} samples from its prior in one decoder pass: {', '.join(given)} do(es) not apply; "
                          + (f"its options are {', '.join(takes)}" if takes else "drop them"))
-
-
-def available() -> list[str]:
-    return sorted(_MODULES)
-
-
-def get_recipe(name: str) -> Recipe:
-    if name not in _MODULES:
-        raise KeyError(f"unknown model {name!r}; choose one of {', '.join(available())}")
-    mod = importlib.import_module(_MODULES[name])
-    return mod.RECIPES[name]
