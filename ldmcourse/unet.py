@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .nn import Attention, ConvNeXtBlock, Downsample, LinearAttention, ResBlock, TimeEmbedding, Upsample, group_norm
-
 from .utils import check_counts, check_range
 
 

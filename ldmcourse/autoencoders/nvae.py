@@ -32,9 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .nvae_cells import Conv2d, DecCombiner, EncCombiner, EncoderCell, GenerativeCell
-
 from ..utils import check_range, randn_like
+from .nvae_cells import Conv2d, DecCombiner, EncCombiner, EncoderCell, GenerativeCell
 
 
 @dataclass
@@ -230,7 +229,8 @@ class NVAE(nn.Module):
         return NVAEOutput(self.out(self.post(s)), kl, log_q, log_p, zs)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator=None, return_latents: bool = False):
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+               return_latents: bool = False):
         """Ancestral sampling z_l = mu_p + t * sigma_p * eps down the top-down path -> logits (n, C, H, W).
 
         ``generator``: one, or one per sample (then sample i depends only on generator i; in eval mode
