@@ -22,7 +22,6 @@ from ..checkpoint import load_checkpoint
 from ..latent import FirstStage, LatentDiffusion, inpaint_with, latent_diffusion_loss, sample_latent
 from ..schedules import make_schedule
 from ..unet import UNet, UNetConfig
-from ..utils import check_choice, check_range
 from . import Recipe, get_recipe
 
 
@@ -46,13 +45,6 @@ class LDMConfig(UNetConfig):
         self.latent_shape = tuple(self.latent_shape)
         if self.p_uncond and not self.num_classes:
             raise ValueError("p_uncond > 0 needs a class-conditional model: add --num-classes K")
-        # value checks (issue 12, helper "robust"): each value in its range, named in the error
-        check_range("image_size", self.image_size, 1, integer=True)
-        check_range("diffusion_steps", self.diffusion_steps, 1, integer=True)
-        check_range("p_uncond", self.p_uncond, 0, 1, hi_open=True, hint="the probability of dropping the label")
-        check_choice("prediction", self.prediction, ("eps", "x0", "v"))
-        if self.scale_factor is not None:
-            check_range("scale_factor", self.scale_factor, 0, lo_open=True, hint="or none: 1/std of the first batch's latents")
 
 
 def _build_first_stage(cfg: LDMConfig) -> FirstStage:
