@@ -23,8 +23,9 @@ import torch
 from . import __version__
 from .distributed import cleanup, ddp_wrap, launched_by_torchrun, setup
 from .profiles import PROFILES, get_profile
+from .runconfig import DataConfig, build_config, read_config_file  # noqa: F401  (re-exported)
 
-DATA_FIELDS = {"dataset": "mnist5k", "image_size": 32, "n_train": None, "data_root": None}
+DATA_FIELDS = {f.name: f.default for f in dataclasses.fields(DataConfig)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,36 +90,7 @@ def _explicit(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
 
 
-def read_config_file(path: str | None) -> dict[str, dict[str, Any]]:
-    if not path:
-        return {}
-    p = Path(path)
-    if not p.exists():
-        raise SystemExit(f"error: --config {p} does not exist")
-    try:
-        if p.suffix == ".toml":
-            import tomllib
-
-            cfg = tomllib.loads(p.read_text())
-        else:
-            cfg = json.loads(p.read_text())
-    except Exception as e:
-        raise SystemExit(f"error: --config {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {e}")
-    bad = set(cfg) - {"model", "fit", "data"}
-    if bad:
-        raise SystemExit(f"error: --config {p} has unknown section(s) {sorted(bad)}; use 'model', 'fit', 'data'")
-    return cfg
-
-
-def build_config(cls: type, *layers: dict[str, Any], where: str = "") -> Any:
-    fields = {f.name for f in dataclasses.fields(cls)}
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        unknown = set(layer) - fields
-        if unknown:
-            raise SystemExit(f"error: {where}{cls.__name__} has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
-        merged.update(layer)
-    return cls(**merged)
+# read_config_file and build_config (config files, unknown keys, invalid values) live in ldmcourse.runconfig
 
 
 def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
@@ -146,19 +118,25 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     t.add_argument("--data-root", dest="data_root", default=argparse.SUPPRESS, help="download root (default ./data or $LDMCOURSE_DATA)")
     t.add_argument("--profile", choices=PROFILES, default=None, help="smoke | cpu | gpu (default: automatic)")
     t.add_argument("--out", required=True, help="output folder")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly where it stopped")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly where it stopped "
+                   "(only --steps, the logging/checkpoint intervals and --device may change)")
+    t.add_argument("--reset-optimizer", dest="reset_optimizer", action="store_true",
+                   help="with --resume: keep the weights and EMA, start a fresh optimiser and LR schedule (warm-up from "
+                        "the current step) at the new --lr, --warmup, ... (the recovery from a NaN)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (else it is refused)")
     t.add_argument("--config", default=None, help="JSON or TOML file with sections model, fit, data")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     # model-specific flags, generated from the dataclasses of the model named on the command line
     if len(argv) > 1 and argv[0] == "train" and argv[1] in available():
-        taken = {"--dataset", "--image-size", "--n-train", "--data-root", "--profile", "--out", "--resume", "--config", "--device"}
+        taken = {"--dataset", "--image-size", "--n-train", "--data-root", "--profile", "--out", "--resume", "--config", "--device",
+                 "--reset-optimizer", "--overwrite"}
         add_dataclass_flags(t, FitConfig, "fit__", taken, "training (FitConfig)")
         recipe = get_recipe(argv[1])
         add_dataclass_flags(t, recipe.model_config, "model__", taken, f"model ({recipe.model_config.__name__})")
 
     s = sub.add_parser("sample", help="draw samples from a trained model into a PNG grid")
     s.add_argument("--ckpt", required=True)
-    s.add_argument("--sampler", default="ddim")
+    s.add_argument("--sampler", default=None, help="sampler of a diffusion model (default ddim); a VAE/NVAE takes none")
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: a distilled checkpoint's, else 50)")
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
@@ -176,7 +154,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON object as the last line")
     e.add_argument("--ckpt", required=True)
     e.add_argument("--metric", required=True)
-    e.add_argument("--n", type=int, default=None, help="number of test images / samples to use")
+    e.add_argument("--n", type=int, default=None, help="number of test images / samples to use (default: the profile's)")
+    e.add_argument("--profile", choices=PROFILES, default=None,
+                   help="sizes the defaults of --n and the metric's options (default: the checkpoint's profile)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra metric option, e.g. k=1000")
@@ -211,10 +191,16 @@ def _device(name: str, profile: str | None = None) -> torch.device:
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from .data import load_dataset
     from .recipes import get_recipe
+    from .rundir import check_out_dir
+    from .runconfig import check_first_stage, train_profile
     from .train import FitConfig, fit
     from .utils import save_grid
 
-    profile = get_profile(args.profile)
+    out = Path(args.out)
+    check_out_dir(out, args.resume, args.overwrite)  # before loading data and building the model
+    if args.resume and not (out / "checkpoint.pt").exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {out / 'checkpoint.pt'}; drop --resume to start fresh")
+    profile = train_profile(args.profile, out, args.resume)
     device = _device(args.device, profile)
     dist_info = None
     if launched_by_torchrun():  # torchrun --nproc_per_node N -m ldmcourse train ...: one process per device
@@ -225,8 +211,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     sizes = recipe.sizes.get(profile, {})
     file_cfg = read_config_file(args.config)
 
-    data_cfg = {**DATA_FIELDS, **sizes.get("data", {}), **file_cfg.get("data", {}),
-                **{k: v for k, v in vars(args).items() if k in DATA_FIELDS}}
+    data_cfg = dataclasses.asdict(build_config(DataConfig, sizes.get("data", {}), file_cfg.get("data", {}),
+                                              {k: v for k, v in vars(args).items() if k in DATA_FIELDS}, where="data: "))
     fit_cfg = build_config(FitConfig, sizes.get("fit", {}), file_cfg.get("fit", {}), _explicit(args, "fit__"), where="fit: ")
 
     train_data = load_dataset(data_cfg["dataset"], "train", size=data_cfg["image_size"], root=data_cfg["data_root"], n=data_cfg["n_train"])
@@ -235,6 +221,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     model_layers = [sizes.get("model", {}), file_cfg.get("model", {}), _explicit(args, "model__")]
     auto = {k: v for k, v in (("in_channels", c), ("image_size", h)) if k in {f.name for f in dataclasses.fields(recipe.model_config)}}
     model_cfg = build_config(recipe.model_config, auto, *model_layers, where="model: ")
+    if hasattr(model_cfg, "first_stage"):  # latent diffusion: the first stage comes from its checkpoint, same data
+        check_first_stage({**model_layers[1], **model_layers[2]}, model_cfg.first_stage, train_data.name)
     torch.manual_seed(fit_cfg.seed)  # the initial weights: recent PyTorch seeds its global generator per process
     model = recipe.build(model_cfg)
 
@@ -243,7 +231,6 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "dataset_requested": data_cfg["dataset"], "image_shape": [c, h, w], "data_root": data_cfg["data_root"],
         "n_train": len(train_data), "profile": profile, "ldmcourse": __version__,
     }
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pic_gen_seed = fit_cfg.seed + 12345
 
@@ -262,7 +249,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
               + (f" (global; {world} processes)" if world > 1 else ""))
     try:
         res = fit(model, recipe.loss(model_cfg), train_data, fit_cfg, device=device, out_dir=out, resume=args.resume,
-                  picture_fn=picture_fn, meta=meta, rank=rank, world=world,
+                  overwrite=args.overwrite, reset_optimizer=args.reset_optimizer, picture_fn=picture_fn, meta=meta, rank=rank, world=world,
                   wrap=ddp_wrap(device) if world > 1 else None)
     finally:
         if dist_info is not None:
@@ -278,7 +265,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     if recipe.metrics:
         name, fn = next(iter(recipe.metrics.items()))
         summary["eval"] = {name: fn(res.best_model.eval(), meta, test_data, device, {})}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "metrics.json")
     print(f"[ldmcourse] wrote {out / 'checkpoint.pt'}, {out / 'metrics.json'}, {out / getattr(picture_fn, 'name', 'samples.png')}")
     return summary
 
@@ -287,12 +276,14 @@ def load_model(ckpt: str, device: torch.device, use_ema: bool = True):
     """(model, meta, recipe) from a checkpoint written by ``ldmcourse train``."""
     from .checkpoint import load_checkpoint
     from .recipes import get_recipe
+    from .runconfig import check_finite_state
 
     ck = load_checkpoint(ckpt)
     meta = ck["meta"]
     recipe = get_recipe(meta["kind"])
     model = recipe.build(config_from_dict(recipe.model_config, meta["model_config"]))
     state = ck["ema"] if use_ema and ck.get("ema") is not None else ck["model"]
+    check_finite_state(state, "EMA weights" if state is ck.get("ema") else "weights", ckpt)
     model.load_state_dict(state)
     return model.to(device).eval(), meta, recipe
 
@@ -312,9 +303,13 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "class_label", None) is not None:
         options["y"] = args.class_label
     steps = args.steps if args.steps is not None else (meta.get("distill") or {}).get("steps", 50)
+    # (issue 12, helper "robust") a VAE/NVAE samples in one pass: it gets --sampler/--steps only if given, and refuses them
+    sampler = args.sampler or "ddim"
+    if not recipe.takes_sampler:
+        sampler, steps = args.sampler, args.steps
     t0 = time.perf_counter()
     try:
-        x = recipe.sample(model, meta, args.n, g, device, sampler=args.sampler, steps=steps,
+        x = recipe.sample(model, meta, args.n, g, device, sampler=sampler, steps=steps,
                           batch_size=args.batch_size, **options)
     except TypeError as e:
         if "guidance" not in str(e):
@@ -323,25 +318,36 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
                          "classifier-free guidance needs a class-conditional ldm (train ldm --num-classes K --p-uncond 0.1)")
     secs = time.perf_counter() - t0
     save_grid(x, args.out, nrow=int(max(1, round(args.n ** 0.5))))
-    result = {"out": args.out, "n": args.n, "sampler": args.sampler, "steps": steps, "seconds": round(secs, 3)}
+    result = {"out": args.out, "n": args.n, **({"sampler": sampler, "steps": steps} if recipe.takes_sampler else {}),
+              "seconds": round(secs, 3)}
     print(json.dumps(result))
     return result
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from .data import load_dataset
+    from .recipes import check_options
+    from .runconfig import eval_defaults
 
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n {args.n}: give the number of test images to evaluate (>= 1), or leave it out for the profile's")
     device = _device(args.device)
     model, meta, recipe = load_model(args.ckpt, device)
     if args.metric not in recipe.metrics:
         raise SystemExit(f"error: metric {args.metric!r} is not defined for a {meta['kind']!r} model; "
                          f"choose one of {', '.join(recipe.metrics) or '(none)'}")
+    fn = recipe.metrics[args.metric]
+    profile = get_profile(args.profile) if args.profile or os.environ.get("LDMCOURSE_PROFILE") else meta.get("profile") or get_profile()
+    defaults = eval_defaults(recipe, profile, args.metric)
+    n = args.n if args.n is not None else defaults.pop("n", None)
+    defaults.pop("n", None)
+    opts = check_options(args.metric, fn, {**defaults, "seed": args.seed, **_options(args.option)})
     test = load_dataset(meta["dataset"], "test", size=meta["image_shape"][-1], root=meta.get("data_root"), download=False)
-    if args.n is not None:
-        test = test.subset(args.n, torch.Generator().manual_seed(args.seed))
-    opts = {"seed": args.seed, **_options(args.option)}
-    result = {"metric": args.metric, "ckpt": args.ckpt, "dataset": meta["dataset"],
-              **recipe.metrics[args.metric](model, meta, test, device, opts)}
+    if n is not None:
+        test = test.subset(n, torch.Generator().manual_seed(args.seed))
+    print(f"[ldmcourse] eval {args.metric} of {args.ckpt} on {len(test)} {meta['dataset']} test images; profile={profile}"
+          + "".join(f" {k}={v}" for k, v in opts.items() if k != "seed"), file=sys.stderr, flush=True)
+    result = {"metric": args.metric, "ckpt": args.ckpt, "dataset": meta["dataset"], **fn(model, meta, test, device, opts)}
     print(json.dumps(result))
     return result
 
@@ -500,6 +506,14 @@ def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+class UsageError(SystemExit):
+    """An ``error: ...`` line already printed; exits with status 2 (like argparse), the message kept as ``str(e)``."""
+
+    @property
+    def code(self) -> int:  # type: ignore[override]
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
@@ -507,14 +521,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "inpaint": cmd_inpaint,
          "distill": cmd_distill}[args.command](args)
-    except KeyboardInterrupt:
-        print("\n[ldmcourse] interrupted; the last checkpoint written is intact (resume with --resume)", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        from .rundir import TrainingInterrupted
+
+        if isinstance(e, TrainingInterrupted):  # fit saved the current step and said where
+            return 128 + int(e.signum)
+        print("\n[ldmcourse] interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError, FloatingPointError) as e:
         if os.environ.get("LDMCOURSE_TRACEBACK"):
             raise
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:
+        if isinstance(e.code, str) and not isinstance(e, UsageError):  # raise SystemExit("error: ...")
+            print(e.code, file=sys.stderr)
+            raise UsageError(e.code) from None
+        raise
     return 0
 
 

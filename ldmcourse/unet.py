@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .nn import Attention, ConvNeXtBlock, Downsample, LinearAttention, ResBlock, TimeEmbedding, Upsample, group_norm
 from .nn import SpatialCrossAttention
+from .utils import check_counts, check_range
 
 
 @dataclass
@@ -72,6 +73,20 @@ class UNetConfig:
             raise ValueError("channel_mult must be non-empty and num_res_blocks >= 1")
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes={self.num_classes}: use None for an unconditional model, or K >= 1")
+        check_range("in_channels", self.in_channels, 1, integer=True)
+        if self.out_channels is not None:
+            check_range("out_channels", self.out_channels, 1, integer=True, hint="or none for in_channels")
+        for name in ("base_channels", "head_dim", "convnext_mult", "groups"):
+            check_range(name, getattr(self, name), 1, integer=True)
+        check_counts("channel_mult", self.channel_mult)
+        check_counts("attention", self.attention, hint="downsampling factors 1, 2, 4, ...")
+        check_counts("linear_attention", self.linear_attention, hint="downsampling factors 1, 2, 4, ...")
+        check_range("dropout", self.dropout, 0, 1, hi_open=True)
+        if self.context_dim is not None:
+            check_range("context_dim", self.context_dim, 1, integer=True, hint="or none for no text")
+        if self.cross_attention is not None:
+            self.cross_attention = tuple(self.cross_attention)
+            check_counts("cross_attention", self.cross_attention, hint="downsampling factors 1, 2, 4, ... (or none: every level)")
 
     @property
     def downsampling(self) -> int:

@@ -46,6 +46,10 @@ class Recipe:
     loss: Callable[[Any], Callable]
     sizes: dict[str, dict[str, dict[str, Any]]]
     picture: Callable[..., tuple[torch.Tensor, str]]
+    # False for models that sample in one pass (VAE, NVAE): --sampler/--steps do not apply, and are refused.
+    # (Also: sizes[profile]["eval"] = {metric: {"n": N, option: default}}, a profile's evaluation defaults; a metric
+    # decorated with metric_options below has its --option keys and values checked before it runs.)
+    takes_sampler: bool = True
     sample: Callable[..., torch.Tensor] | None = None
     metrics: dict[str, Callable[..., dict]] = field(default_factory=dict)
     description: str = ""
@@ -60,3 +64,51 @@ def get_recipe(name: str) -> Recipe:
         raise KeyError(f"unknown model {name!r}; choose one of {', '.join(available())}")
     mod = importlib.import_module(_MODULES[name])
     return mod.RECIPES[name]
+
+
+def metric_options(passes_rest: bool = False, **spec: tuple[type, float | None]):
+    """Declare the ``--option`` keys a metric takes, each ``name=(type, minimum or None)``; ``seed`` is always
+    taken. ``passes_rest``: other keys go on to the model's sampler (which checks them)."""
+
+    def mark(fn):
+        fn.options, fn.passes_rest = {"seed": (int, None), **spec}, passes_rest
+        return fn
+
+    return mark
+
+
+def check_options(metric: str, fn, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` converted to the declared types; a ValueError names an unknown key or a bad value."""
+    spec = getattr(fn, "options", None)
+    if spec is None:
+        return options
+    out = {}
+    for k, v in options.items():
+        if k not in spec:
+            if fn.passes_rest:
+                out[k] = v
+                continue
+            raise ValueError(f"--option {k}={v!r}: metric {metric!r} takes no option {k!r}; it takes "
+                             f"{', '.join(sorted(spec))}")
+        tp, lo = spec[k]
+        try:
+            if isinstance(v, bool) or (tp is int and isinstance(v, float) and not v.is_integer()):
+                raise TypeError
+            val = tp(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"--option {k}={v!r}: metric {metric!r} needs {'an integer' if tp is int else 'a ' + tp.__name__} "
+                             f"for {k}") from None
+        if lo is not None and val < lo:
+            raise ValueError(f"--option {k}={v!r}: {k} must be >= {lo}")
+        out[k] = val
+    return out
+
+
+def refuse_sampler_options(kind: str, sampler, steps, options: dict[str, Any], takes: tuple[str, ...] = ()) -> None:
+    """For models that sample in one pass: refuse ``--sampler``/``--steps`` and options they do not take."""
+    given = [f"--sampler {sampler}" if sampler is not None else "", f"--steps {steps}" if steps is not None else ""]
+    given += [f"--option {k}" for k in options if k not in takes]
+    given = [g for g in given if g]
+    if given:
+        raise ValueError(f"a {kind} samples from its prior in one decoder pass: {', '.join(given)} do(es) not apply; "
+                         + (f"its options are {', '.join(takes)}" if takes else "drop them"))

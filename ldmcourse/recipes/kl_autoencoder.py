@@ -6,7 +6,7 @@ import torch
 
 from ..autoencoders.kl import KLAutoencoder, KLAutoencoderConfig, kl_autoencoder_loss
 from ..metrics import mse, psnr
-from . import Recipe
+from . import Recipe, metric_options
 
 SIZES = {
     "smoke": {"fit": dict(steps=20, batch_size=32, lr=1e-3, warmup=5, log_every=5),
@@ -28,6 +28,7 @@ def picture(model, data, device, generator):
     return torch.cat([x, x_hat.clamp(-1, 1)]).cpu(), "reconstructions.png"
 
 
+@metric_options()
 @torch.no_grad()
 def recon_metric(model, meta, test_data, device, options):
     """Reconstruction error (posterior mean) and the latent statistics latent diffusion cares about."""
