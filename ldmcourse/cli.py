@@ -121,8 +121,7 @@ def build_config(cls: type, *layers: dict[str, Any], where: str = "") -> Any:
     return cls(**merged)
 
 
-def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
-    return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
+from .configs import from_dict as config_from_dict  # noqa: E402  (the package's one dict -> dataclass helper)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +249,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     def picture_fn(m, step):
         m.eval()
         g = torch.Generator(device=device).manual_seed(pic_gen_seed)
-        images, name = recipe.picture(m, test_data, device, g)
+        images, name = recipe.picture(m, model_cfg, test_data, device, g)
         save_grid(images, out / name, nrow=8)
         save_grid(images, out / "pictures" / f"step{step:07d}_{name}", nrow=8)
         picture_fn.name = name
@@ -291,7 +290,7 @@ def load_model(ckpt: str, device: torch.device, use_ema: bool = True):
     ck = load_checkpoint(ckpt)
     meta = ck["meta"]
     recipe = get_recipe(meta["kind"])
-    model = recipe.build(config_from_dict(recipe.model_config, meta["model_config"]))
+    model = recipe.build(recipe.config(meta["model_config"]))  # migrates a previous config layout
     state = ck["ema"] if use_ema and ck.get("ema") is not None else ck["model"]
     model.load_state_dict(state)
     return model.to(device).eval(), meta, recipe
@@ -471,7 +470,7 @@ def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
     if meta["kind"] != "ddpm":
         raise ValueError(f"--teacher {args.teacher} is a {meta['kind']!r} checkpoint, not a pixel-space diffusion model; "
                          "distill a checkpoint of `ldmcourse train ddpm`")
-    cfg = config_from_dict(recipe.model_config, meta["model_config"])
+    cfg = recipe.config(meta["model_config"])
     # a teacher from an earlier round samples well only on the grid it learnt: the new student halves that grid
     teacher_grid = (meta.get("distill") or {}).get("timesteps")
     if teacher_grid is not None and len(teacher_grid) != 2 * args.steps:

@@ -17,6 +17,7 @@ see ε-models ``eps_model(x, t)`` with t a (B,) LongTensor of training indices.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from . import conversions as conv
 from .conversions import PREDICTIONS
 from .metrics import bits_per_dim
-from .schedules import Schedule
+from .schedules import SCHEDULES, SPACINGS, Schedule, make_schedule
 from .utils import randn_like
 LOSSES = ("l1", "l2", "huber")
 WEIGHTINGS = ("simple", "sigma2", "sigma", "snr", "min_snr")
@@ -35,6 +36,54 @@ VARIANCES = ("beta", "beta_tilde")
 def _check(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+@dataclass
+class DiffusionConfig:
+    """The diffusion process a network is trained for, its loss, and how it is sampled by default.
+
+    Composed into the model configs of the DDPM and LDM recipes (``DDPMConfig``, ``LDMConfig``), so
+    every field is a flag of ``ldmcourse train ddpm|ldm``; the sampling defaults are what
+    ``ldmcourse sample`` / ``inpaint`` / ``eval`` and the training picture use unless told otherwise.
+    """
+
+    schedule: str = "linear"  # linear | cosine | quadratic | sigmoid (ldmcourse.schedules)
+    T: int = 1000  # training timesteps
+    prediction: str = "eps"  # eps | x0 | v
+    loss: str = "l2"  # l1 | l2 | huber
+    weighting: str = "simple"  # simple | sigma2 | sigma | snr | min_snr
+    gamma: float = 5.0  # exponent of snr, clip of min_snr
+    p_uncond: float = 0.0  # label dropout for classifier-free guidance (class-conditional models)
+    variance: str = "beta"  # ancestral sampling and the bound: beta | beta_tilde
+    sampler: str = "ddim"  # default sampler (ldmcourse.samplers.SAMPLERS)
+    sample_steps: int = 50  # default sampler steps
+    spacing: str = "trailing"  # default grid: leading | trailing | linspace (measured: see README "sampling grid")
+
+    def __post_init__(self):
+        from .samplers import SAMPLERS  # at call time: ldmcourse.samplers imports this module
+
+        for name, value, choices in (("schedule", self.schedule, SCHEDULES), ("prediction", self.prediction, PREDICTIONS),
+                                     ("loss", self.loss, LOSSES), ("weighting", self.weighting, WEIGHTINGS),
+                                     ("variance", self.variance, VARIANCES), ("sampler", self.sampler, tuple(SAMPLERS)),
+                                     ("spacing", self.spacing, SPACINGS)):
+            if value not in choices:
+                raise ValueError(f"--{name.replace('_', '-')} {value!r} is not known; choose one of {', '.join(choices)}")
+        if self.T < 2:
+            raise ValueError(f"--T {self.T}: need at least 2 timesteps")
+        if not 1 <= self.sample_steps <= self.T:
+            raise ValueError(f"--sample-steps {self.sample_steps} must be between 1 and T={self.T}")
+        if not 0.0 <= self.p_uncond < 1.0:
+            raise ValueError(f"--p-uncond {self.p_uncond} must be in [0, 1)")
+        if self.gamma <= 0:
+            raise ValueError(f"--gamma {self.gamma} must be > 0")
+
+    def make_schedule(self) -> Schedule:
+        return make_schedule(self.schedule, self.T)
+
+    def loss_kwargs(self) -> dict:
+        """The keyword arguments of :func:`diffusion_loss` this config fixes: ``partial(diffusion_loss, **cfg.loss_kwargs())``."""
+        return dict(schedule=self.make_schedule(), prediction=self.prediction, loss=self.loss, weighting=self.weighting,
+                    gamma=self.gamma, p_uncond=self.p_uncond)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,6 +386,6 @@ def vlb_bpd(eps_model, data: torch.Tensor, schedule: Schedule, variance: str = "
     return {**out, "n": n, "n_t": len(ts), "t": ts.tolist(), "kl_per_t": [bits_per_dim(float(v) / n, dims) for v in kl_t]}
 
 
-__all__ = ["PREDICTIONS", "LOSSES", "WEIGHTINGS", "VARIANCES", "alpha_sigma", "q_sample", "target_for", "to_eps", "to_x0",
+__all__ = ["PREDICTIONS", "LOSSES", "WEIGHTINGS", "VARIANCES", "DiffusionConfig", "alpha_sigma", "q_sample", "target_for", "to_eps", "to_x0",
            "as_eps_model", "loss_weight", "elementwise_loss", "diffusion_loss", "ddpm_sample", "normal_kl",
            "discretized_gaussian_log_likelihood", "model_log_variance", "vlb_terms", "vlb_timesteps", "vlb_bpd"]

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from .diffusion import as_eps_model, diffusion_loss
-from .guidance import cfg_eps_model
+from .guidance import cfg_eps_model, check_class
 from .inpaint import inpaint_latent
 from .samplers import get_sampler, sample_chunked
 from .schedules import Schedule
@@ -223,6 +223,7 @@ def latent_eps_model(model: LatentDiffusion, schedule: Schedule, prediction: str
                      guidance: float | None = None, uncond=None) -> Callable:
     """The ε-model a sampler sees: prediction type converted, and classifier-free guidance if ``y`` is given."""
     net = model.unet
+    check_class(y, getattr(model.config, "num_classes", None))
     if y is not None:
         scale = 1.0 if guidance is None else guidance
         if uncond is None and getattr(model.config, "num_classes", None):

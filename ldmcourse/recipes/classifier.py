@@ -28,7 +28,7 @@ SIZES = {
 }
 
 
-def picture(model, data, device, generator):
+def picture(model, cfg, data, device, generator):
     """Test digits; the misclassified ones (up to 32) when there are any."""
     x, y = data.get_batch(torch.arange(min(512, len(data))))
     with torch.no_grad():
