@@ -35,6 +35,7 @@ teacher gives 99.9 % saturated pixels at 8 and 16 steps (measured), leaving noth
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -43,7 +44,7 @@ import torch.nn as nn
 from . import conversions as conv
 from .diffusion import q_sample, to_x0
 from .samplers.grid import make_grid
-from .schedules import Schedule, make_timesteps
+from .schedules import SPACINGS, Schedule, make_timesteps
 
 WEIGHTINGS = ("truncated_snr", "snr")
 
@@ -54,6 +55,43 @@ SIZES = {
     "cpu": dict(steps=600, batch_size=32, lr=2e-4, warmup=0, log_every=50, ema_decay=0.99),
     "gpu": dict(steps=20_000, batch_size=128, lr=1e-4, warmup=0, log_every=500, ema_decay=0.999),
 }
+
+
+@dataclass
+class DistillOptions:
+    """The options of ``ldmcourse distill`` (flags generated from these fields); None: the profile's size."""
+
+    steps: int = field(default=0, metadata={"required": True, "help": "the student's DDIM steps N (the teacher takes 2N)"})
+    spacing: str = field(default="leading", metadata={
+        "help": "the teacher's 2N-step grid (trailing starts at T-1, see ldmcourse.distill)"})
+    weighting: str = field(default="truncated_snr", metadata={
+        "help": "truncated_snr: the paper's max(SNR, 1) on the x-error; snr: the ε-space MSE"})
+    train_steps: int | None = field(default=None, metadata={"help": "optimiser updates"})
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    n_train: int | None = field(default=None, metadata={"help": "use a random subset of the teacher's training set"})
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"--steps {self.steps}: the student needs at least 1 step")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"--spacing {self.spacing!r}: choose one of {', '.join(SPACINGS)}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"--weighting {self.weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
+        for name in ("train_steps", "batch_size", "n_train"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"--lr {self.lr} must be > 0")
+
+    def fit_config(self, profile: str):
+        """The FitConfig of one round: the profile's :data:`SIZES`, then these options."""
+        from .train import FitConfig
+
+        overrides = {k: v for k, v in (("steps", self.train_steps), ("batch_size", self.batch_size), ("lr", self.lr),
+                                       ("seed", self.seed)) if v is not None}
+        return FitConfig(**{**SIZES[profile], **overrides})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,5 +259,5 @@ def distill(teacher: nn.Module, data, fit_cfg, *, schedule: Schedule, student_st
     return res, ts_student
 
 
-__all__ = ["WEIGHTINGS", "SIZES", "teacher_timesteps", "halve_timesteps", "grids", "sampling_grid", "distillation_target",
+__all__ = ["WEIGHTINGS", "SIZES", "DistillOptions", "teacher_timesteps", "halve_timesteps", "grids", "sampling_grid", "distillation_target",
            "distillation_weight", "progressive_distillation_loss", "make_student", "distill"]

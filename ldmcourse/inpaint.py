@@ -30,17 +30,38 @@ the original in pixel space.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from . import conversions as conv
+from .samplers import SamplerChoice
 from .sde import as_process
 from .utils import randn_like
 
 METHODS = ("replace", "repaint", "none")
 MASKS = ("box", "half", "strokes")
+
+
+@dataclass
+class InpaintOptions(SamplerChoice):
+    """The options of ``ldmcourse inpaint`` (flags generated from these fields); sampler, steps and spacing
+    default to the model's (its DiffusionConfig)."""
+
+    method: str = field(default="repaint", metadata={"help": "replace | repaint | none"})
+    jump_length: int = field(default=5, metadata={"help": "RePaint: steps per segment (j)"})
+    resample: int = field(default=5, metadata={"help": "RePaint: runs of each segment (r)"})
+    n: int = field(default=4, metadata={"help": "inpaintings per image"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.method not in METHODS:
+            raise ValueError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
+        for name in ("jump_length", "resample", "n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,5 +264,5 @@ def masked_mse(x: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> tor
     return (((x - target) ** 2) * hole).flatten(1).sum(1) / hole.flatten(1).sum(1).clamp_min(1)
 
 
-__all__ = ["METHODS", "MASKS", "box_mask", "half_mask", "stroke_mask", "load_mask", "make_mask", "latent_mask",
+__all__ = ["METHODS", "MASKS", "InpaintOptions", "box_mask", "half_mask", "stroke_mask", "load_mask", "make_mask", "latent_mask",
            "blend", "noise_to", "renoise", "replacement_callback", "inpaint", "inpaint_latent", "masked_mse"]

@@ -133,6 +133,21 @@ def sample(model, meta, n, generator, device, sampler=None, steps=None, batch_si
                        guidance, y, meta=meta, **options)
 
 
+@torch.no_grad()
+def inpaint(model, meta, x_known, keep, generator, device, sampler=None, steps=None, spacing=None, **kwargs):
+    """Used by ``ldmcourse inpaint``: fill ``keep == 0`` of ``x_known`` with any sampler (:func:`ldmcourse.inpaint.inpaint`)."""
+    from ..inpaint import inpaint as fill
+    from ..samplers import get_sampler
+
+    cfg = _cfg(meta)
+    sampler = sampler or cfg.sampler
+    check_options(sampler, {k: v for k, v in kwargs.items() if k not in ("method", "jump_length", "resample")})
+    sched = cfg.make_schedule()
+    out = fill(get_sampler(sampler), as_eps_model(model, sched, cfg.prediction), x_known.to(device), keep.to(device), sched,
+               steps=steps or cfg.sample_steps, spacing=spacing or cfg.spacing, generator=generator, **kwargs)
+    return out.clamp(-1, 1).cpu()
+
+
 def picture(model, cfg: DDPMConfig, data, device, generator):
     """32 samples with the config's default sampler, steps and grid, from the EMA model."""
     x = sample_with(model, cfg, tuple(data[0][0].shape), 32, generator, device, batch_size=32)
@@ -208,6 +223,6 @@ RECIPES = {
     "ddpm": Recipe(
         name="ddpm", model_config=DDPMConfig, build=build, loss=loss, sizes=SIZES, picture=picture, sample=sample,
         metrics={"bpd": bpd_metric, "sample_fd": sample_fd_metric, "fid": fid_metric, "kid": fid_metric},
-        description="pixel-space DDPM with a U-Net (ε, x0 or v prediction)", guidance=True,
+        description="pixel-space DDPM with a U-Net (ε, x0 or v prediction)", inpaint=inpaint, guidance=True,
     ),
 }

@@ -130,8 +130,9 @@ class SampleOptions(SamplerChoice):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.n < 1 or self.batch_size < 1:
-            raise ValueError(f"--n {self.n} and --batch-size {self.batch_size} must be >= 1")
+        for name in ("n", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
         if self.class_label is not None and self.class_label < 0:
             raise ValueError(f"--class {self.class_label} must be >= 0")
         if self.guidance is not None and self.class_label is None:
