@@ -57,7 +57,7 @@ class DiffusionConfig:
     variance: str = "beta"  # ancestral sampling and the bound: beta | beta_tilde
     sampler: str = "ddim"  # default sampler (ldmcourse.samplers.SAMPLERS)
     sample_steps: int = 50  # default sampler steps
-    spacing: str = "trailing"  # default grid: leading | trailing | linspace (measured: see README "sampling grid")
+    spacing: str = "leading"  # default grid: leading | trailing | linspace (measured, benchmarks/results/sampling_grid_cpu.json)
 
     def __post_init__(self):
         from .samplers import SAMPLERS  # at call time: ldmcourse.samplers imports this module
