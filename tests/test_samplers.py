@@ -351,8 +351,9 @@ def test_parity_diffusers_euler_maruyama(diffusers):
 # stochastic samplers: the output distribution approaches the data
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["euler_maruyama", "pc", "ddim", "dpm_solver++_2m"])
+@pytest.mark.parametrize("name", ["euler_maruyama", "pc", "ddim", "dpm_solver++_2m", "ddpm"])
 def test_distribution_approaches_data(name):
+    """On the VP SDE (DDPM ancestral sampling too: its posterior step is written in (α, σ))."""
     mix = ring_mixture(8, radius=1.0, std=0.1)
     sde = VPSDE()
     data = mix.sample(2000, _gen(0), dtype=torch.float64)
