@@ -142,9 +142,10 @@ def inpaint(model, meta, x_known, keep, generator, device, sampler=None, steps=N
     cfg = _cfg(meta)
     sampler = sampler or cfg.sampler
     check_options(sampler, {k: v for k, v in kwargs.items() if k not in ("method", "jump_length", "resample")})
+    steps, grid = sampling_grid(meta, steps)  # a distilled student inpaints on the grid it learnt
     sched = cfg.make_schedule()
     out = fill(get_sampler(sampler), as_eps_model(model, sched, cfg.prediction), x_known.to(device), keep.to(device), sched,
-               steps=steps or cfg.sample_steps, spacing=spacing or cfg.spacing, generator=generator, **kwargs)
+               steps=steps or cfg.sample_steps, spacing=spacing or cfg.spacing, timesteps=grid, generator=generator, **kwargs)
     return out.clamp(-1, 1).cpu()
 
 

@@ -102,9 +102,10 @@ class SamplerChoice:
     """Which sampler, how many steps, which grid. None: the model's own defaults (its DiffusionConfig's
     ``sampler``, ``sample_steps``, ``spacing``; a distilled checkpoint's step count)."""
 
-    sampler: str | None = None
-    steps: int | None = None
-    spacing: str | None = field(default=None, metadata={"help": "grid of training indices: leading | trailing | linspace"})
+    sampler: str | None = field(default=None, metadata={"help": "a SAMPLERS name; None: the model's (DiffusionConfig.sampler)"})
+    steps: int | None = field(default=None, metadata={"help": "None: a distilled checkpoint's, else the model's sample_steps"})
+    spacing: str | None = field(default=None, metadata={
+        "help": "grid of training indices: leading | trailing | linspace; None: the model's (leading, measured)"})
     seed: int = 0
 
     def __post_init__(self):
