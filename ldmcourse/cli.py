@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .configs import from_dict as config_from_dict  # noqa: F401  (the package's one dict -> dataclass helper)
 from .distributed import cleanup, ddp_wrap, launched_by_torchrun, setup
 from .profiles import PROFILES, get_profile
 
@@ -120,9 +121,6 @@ def build_config(cls: type, *layers: dict[str, Any], where: str = "") -> Any:
             raise SystemExit(f"error: {where}{cls.__name__} has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
         merged.update(layer)
     return cls(**merged)
-
-
-from .configs import from_dict as config_from_dict  # noqa: E402  (the package's one dict -> dataclass helper)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,13 +292,18 @@ def load_model(ckpt: str, device: torch.device, use_ema: bool = True):
     return model.to(device).eval(), meta, recipe
 
 
-def _sampling_defaults(recipe, meta, sampler, steps) -> tuple[str | None, int | None]:
+def _sampling_defaults(recipe, meta, o) -> tuple[str | None, int | None]:
     """The sampler and step count a sample/inpaint run will use (for its JSON line): the given ones, else a
-    distilled checkpoint's, else the model config's."""
+    distilled checkpoint's, else the model config's. A model without a diffusion process refuses them."""
     from .distill import sampling_grid
 
     cfg = recipe.config(meta["model_config"])
-    return sampler or getattr(cfg, "sampler", None), sampling_grid(meta, steps)[0] or getattr(cfg, "sample_steps", None)
+    if not hasattr(cfg, "sample_steps"):
+        given = [f"--{k}" for k in ("sampler", "steps", "spacing") if getattr(o, k) is not None]
+        if given:
+            raise ValueError(f"a {meta['kind']!r} model samples in one pass: {', '.join(given)} do not apply")
+        return None, None
+    return o.sampler or cfg.sampler, sampling_grid(meta, o.steps)[0] or cfg.sample_steps
 
 
 def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
@@ -314,13 +317,13 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"error: a {meta['kind']!r} model cannot sample ({recipe.description}); "
                          "use `ldmcourse eval --metric recon`, or train a generative model (vae, ddpm, ldm)")
     if (o.guidance is not None or o.class_label is not None) and not recipe.guidance:
-        raise SystemExit(f"error: a {meta['kind']!r} model takes no --class / --guidance; classifier-free guidance needs "
+        raise ValueError(f"a {meta['kind']!r} model takes no --class / --guidance; classifier-free guidance needs "
                          "a class-conditional ddpm or ldm (train ... --num-classes K --p-uncond 0.1)")
     options = _options(args.option)
     for key, value in (("spacing", o.spacing), ("guidance", o.guidance), ("y", o.class_label)):
         if value is not None:
             options[key] = value
-    sampler, steps = _sampling_defaults(recipe, meta, o.sampler, o.steps)
+    sampler, steps = _sampling_defaults(recipe, meta, o)
     g = torch.Generator(device=device).manual_seed(o.seed)
     t0 = time.perf_counter()
     x = recipe.sample(model, meta, o.n, g, device, sampler=o.sampler, steps=o.steps, batch_size=o.batch_size, **options)
@@ -412,7 +415,7 @@ def cmd_inpaint(args: argparse.Namespace) -> dict[str, Any]:
     else:
         raise SystemExit(f"error: --mask {args.mask!r} is neither one of {', '.join(MASKS)} nor an existing PNG file")
     x_rep = x.repeat_interleave(o.n, 0)
-    sampler, steps = _sampling_defaults(recipe, meta, o.sampler, o.steps)
+    sampler, steps = _sampling_defaults(recipe, meta, o)
     t0 = time.perf_counter()
     out = recipe.inpaint(model, meta, x_rep, keep, g, device, sampler=o.sampler, steps=o.steps, spacing=o.spacing,
                          method=o.method, jump_length=o.jump_length, resample=o.resample, **_options(args.option))

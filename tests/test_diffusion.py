@@ -338,3 +338,11 @@ def test_cli_sample_and_inpaint_refuse_nonsense(tmp_path, capsys):
     assert main(["sample", "--ckpt", ckpt, "--out", png, "--device", "cpu", "--n", "2", "--class", "9", "--guidance", "2"]) == 0
     assert main(["inpaint", "--ckpt", ckpt, "--image", "test:0", "--mask", "half", "--out", png, "--n", "2", "--steps", "3",
                  "--sampler", "heun", "--method", "replace", "--device", "cpu"]) == 0
+    # a model without a diffusion process refuses sampler flags and classes instead of echoing them
+    vae = tmp_path / "vae"
+    assert main(["train", "vae", "--profile", "smoke", "--out", str(vae), "--steps", "2", "--progress", "false", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(vae / "checkpoint.pt"), "--out", png, "--sampler", "ddim", "--steps", "5"]) == 2
+    assert "samples in one pass: --sampler, --steps do not apply" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(vae / "checkpoint.pt"), "--out", png, "--class", "1"]) == 2
+    assert "takes no --class" in capsys.readouterr().err
