@@ -15,17 +15,20 @@ Modules: :mod:`.grid` (shared pieces), :mod:`.discrete` (DDIM, PLMS), :mod:`.dpm
 
 from __future__ import annotations
 
+import inspect
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
+from ..diffusion import ddpm_sample  # DDPM ancestral sampling lives with the DDPM process
 from .continuous import adaptive, euler, euler_maruyama, heun, pc
 from .discrete import ddim, plms
 from .dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver_3, dpm_solver_pp_2m
 
 SAMPLERS: dict[str, Callable] = {
+    "ddpm": ddpm_sample,
     "ddim": ddim,
     "plms": plms,
     "dpm_solver_1": dpm_solver_1,
@@ -38,9 +41,6 @@ SAMPLERS: dict[str, Callable] = {
     "pc": pc,
     "adaptive": adaptive,
 }
-from ..diffusion import ddpm_sample  # noqa: E402  (DDPM ancestral sampling lives with the DDPM process)
-
-SAMPLERS = {"ddpm": ddpm_sample, **SAMPLERS}
 
 DETERMINISTIC = ("ddim", "plms", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpm_solver++_2m", "euler", "heun", "adaptive")
 
@@ -61,8 +61,6 @@ def sampler_options(name_or_fn) -> dict[str, Any]:
     """A sampler's own options: {name: type hint}, e.g. ``{"eta": float, "clip_x0": float | None}`` for DDIM."""
     fn = get_sampler(name_or_fn)
     hints = typing.get_type_hints(fn)
-    import inspect
-
     return {n: hints.get(n, Any) for n, p in inspect.signature(fn).parameters.items()
             if n not in CONTRACT and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
