@@ -1,5 +1,6 @@
 """Diffusion as a stochastic differential equation (Song et al. 2021, "Score-Based Generative Modeling
-through SDEs"): the forward SDE, its marginals, the prior, and the score <-> ε conversion.
+through SDEs"): the forward SDE, its marginals and the prior (the score <-> ε conversion lives in
+:mod:`ldmcourse.conversions` and is re-exported here).
 
 Every process here has a *linear* drift, dx = f(t) x dt + g(t) dw, so its marginal is Gaussian,
 
