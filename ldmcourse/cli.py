@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .configs import from_dict as config_from_dict  # noqa: F401  (the package's one dict -> dataclass helper)
 from .distributed import cleanup, ddp_wrap, launched_by_torchrun, setup
 from .profiles import PROFILES, get_profile
 from .runconfig import DataConfig, build_config, read_config_file  # noqa: F401  (re-exported)
@@ -71,18 +72,19 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str,
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, optional, elem = _base_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         if flag in taken:
             flag = f"--{prefix.rstrip('_')}-" + f.name.replace("_", "-")
         taken.add(flag)
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-        help_ = f"(default {default!r})"
+        required = f.metadata.get("required", False)  # field metadata: "flag", "help", "required"
+        help_ = f.metadata.get("help", "") + ("" if required else f" (default {default!r})")
         if elem is not None:
             group.add_argument(flag, dest=prefix + f.name, nargs="+", type=_converter(elem, False),
-                               default=argparse.SUPPRESS, help=help_)
+                               default=argparse.SUPPRESS, help=help_, required=required)
         else:
-            group.add_argument(flag, dest=prefix + f.name, type=_converter(tp, optional),
+            group.add_argument(flag, dest=prefix + f.name, type=_converter(tp, optional), required=required,
                                default=argparse.SUPPRESS, metavar=tp.__name__.upper(), help=help_)
 
 
@@ -91,10 +93,6 @@ def _explicit(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
 
 
 # read_config_file and build_config (config files, unknown keys, invalid values) live in ldmcourse.runconfig
-
-
-def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
-    return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,19 +132,16 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         recipe = get_recipe(argv[1])
         add_dataclass_flags(t, recipe.model_config, "model__", taken, f"model ({recipe.model_config.__name__})")
 
-    s = sub.add_parser("sample", help="draw samples from a trained model into a PNG grid")
+    s = sub.add_parser("sample", help="draw samples from a trained model into a PNG grid",
+                       description="Sampler, steps and grid default to the model's own (its DiffusionConfig; a distilled "
+                                   "checkpoint's grid).")
     s.add_argument("--ckpt", required=True)
-    s.add_argument("--sampler", default=None, help="sampler of a diffusion model (default ddim); a VAE/NVAE takes none")
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: a distilled checkpoint's, else 50)")
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=256, help="sample in chunks of this many (same result for the same seed)")
     s.add_argument("--out", required=True, help="PNG file")
     s.add_argument("--device", default="auto")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra sampler option, e.g. eta=0.5")
-    s.add_argument("--guidance", type=float, default=None, metavar="S",
-                   help="classifier-free guidance scale (0: unconditional, 1: conditional; needs --class)")
-    s.add_argument("--class", dest="class_label", type=int, default=None, metavar="C", help="class label to sample")
+    from .samplers import SampleOptions
+
+    add_dataclass_flags(s, SampleOptions, "opt__", {"--ckpt", "--out", "--device", "--option"}, "sampling (SampleOptions)")
 
     _add_inpaint_parser(sub)
     _add_distill_parser(sub)
@@ -237,7 +232,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     def picture_fn(m, step):
         m.eval()
         g = torch.Generator(device=device).manual_seed(pic_gen_seed)
-        images, name = recipe.picture(m, test_data, device, g)
+        images, name = recipe.picture(m, model_cfg, test_data, device, g)
         save_grid(images, out / name, nrow=8)
         save_grid(images, out / "pictures" / f"step{step:07d}_{name}", nrow=8)
         picture_fn.name = name
@@ -281,7 +276,7 @@ def load_model(ckpt: str, device: torch.device, use_ema: bool = True):
     ck = load_checkpoint(ckpt)
     meta = ck["meta"]
     recipe = get_recipe(meta["kind"])
-    model = recipe.build(config_from_dict(recipe.model_config, meta["model_config"]))
+    model = recipe.build(recipe.config(meta["model_config"]))  # migrates a previous config layout
     state = ck["ema"] if use_ema and ck.get("ema") is not None else ck["model"]
     check_finite_state(state, "EMA weights" if state is ck.get("ema") else "weights", ckpt)
     model.load_state_dict(state)
@@ -289,37 +284,29 @@ def load_model(ckpt: str, device: torch.device, use_ema: bool = True):
 
 
 def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
+    from .samplers import SampleOptions
     from .utils import save_grid
 
+    o = build_config(SampleOptions, _explicit(args, "opt__"), where="sample: ")  # validates (__post_init__)
     device = _device(args.device)
     model, meta, recipe = load_model(args.ckpt, device)
     if recipe.sample is None:
         raise SystemExit(f"error: a {meta['kind']!r} model cannot sample ({recipe.description}); "
                          "use `ldmcourse eval --metric recon`, or train a generative model (vae, ddpm, ldm)")
-    g = torch.Generator(device=device).manual_seed(args.seed)
+    if (o.guidance is not None or o.class_label is not None) and not recipe.guidance:
+        raise ValueError(f"a {meta['kind']!r} model takes no --class / --guidance; classifier-free guidance needs "
+                         "a class-conditional ddpm or ldm (train ... --num-classes K --p-uncond 0.1)")
     options = _options(args.option)
-    if getattr(args, "guidance", None) is not None:
-        options["guidance"] = args.guidance
-    if getattr(args, "class_label", None) is not None:
-        options["y"] = args.class_label
-    steps = args.steps if args.steps is not None else (meta.get("distill") or {}).get("steps", 50)
-    # (issue 12, helper "robust") a VAE/NVAE samples in one pass: it gets --sampler/--steps only if given, and refuses them
-    sampler = args.sampler or "ddim"
-    if not recipe.takes_sampler:
-        sampler, steps = args.sampler, args.steps
+    for key, value in (("spacing", o.spacing), ("guidance", o.guidance), ("y", o.class_label)):
+        if value is not None:
+            options[key] = value
+    sampler, steps = recipe.sampling_choice(meta, o.sampler, o.steps, o.spacing)
+    g = torch.Generator(device=device).manual_seed(o.seed)
     t0 = time.perf_counter()
-    try:
-        x = recipe.sample(model, meta, args.n, g, device, sampler=sampler, steps=steps,
-                          batch_size=args.batch_size, **options)
-    except TypeError as e:
-        if "guidance" not in str(e):
-            raise
-        raise SystemExit(f"error: a {meta['kind']!r} model does not take --guidance ({e}); "
-                         "classifier-free guidance needs a class-conditional ldm (train ldm --num-classes K --p-uncond 0.1)")
+    x = recipe.sample(model, meta, o.n, g, device, sampler=o.sampler, steps=o.steps, batch_size=o.batch_size, **options)
     secs = time.perf_counter() - t0
-    save_grid(x, args.out, nrow=int(max(1, round(args.n ** 0.5))))
-    result = {"out": args.out, "n": args.n, **({"sampler": sampler, "steps": steps} if recipe.takes_sampler else {}),
-              "seconds": round(secs, 3)}
+    save_grid(x, args.out, nrow=int(max(1, round(o.n ** 0.5))))
+    result = {"out": args.out, "n": o.n, "sampler": sampler, "steps": steps, "seconds": round(secs, 3)}
     print(json.dumps(result))
     return result
 
@@ -364,15 +351,12 @@ def _add_inpaint_parser(sub) -> None:
     i.add_argument("--image", required=True, help="a PNG file, or test:I[,J,...] for images of the model's test set")
     i.add_argument("--mask", required=True, help="box | half | strokes | a PNG file (white = fill, black = keep)")
     i.add_argument("--out", required=True, help="PNG file")
-    i.add_argument("--method", default="repaint", choices=("replace", "repaint", "none"))
-    i.add_argument("--jump-length", type=int, default=5, help="RePaint: steps per segment (j)")
-    i.add_argument("--resample", type=int, default=5, help="RePaint: runs of each segment (r)")
-    i.add_argument("--sampler", default="ddim")
-    i.add_argument("--steps", type=int, default=50)
-    i.add_argument("--n", type=int, default=4, help="inpaintings per image")
-    i.add_argument("--seed", type=int, default=0)
     i.add_argument("--device", default="auto")
     i.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra sampler option, e.g. eta=1")
+    from .inpaint import InpaintOptions
+
+    add_dataclass_flags(i, InpaintOptions, "opt__", {"--ckpt", "--image", "--mask", "--out", "--device", "--option"},
+                        "inpainting (InpaintOptions)")
 
 
 def _read_images(spec: str, meta: dict[str, Any]) -> torch.Tensor:
@@ -400,37 +384,35 @@ def _read_images(spec: str, meta: dict[str, Any]) -> torch.Tensor:
 
 
 def cmd_inpaint(args: argparse.Namespace) -> dict[str, Any]:
-    import importlib
-
-    from .inpaint import MASKS, load_mask, make_mask, masked_mse
-    from .recipes import _MODULES
+    from .inpaint import MASKS, InpaintOptions, load_mask, make_mask, masked_mse
     from .utils import save_grid
 
+    o = build_config(InpaintOptions, _explicit(args, "opt__"), where="inpaint: ")  # validates (__post_init__)
     device = _device(args.device)
     model, meta, recipe = load_model(args.ckpt, device)
-    fn = getattr(importlib.import_module(_MODULES[meta["kind"]]), "inpaint", None)
-    if fn is None:
+    if recipe.inpaint is None:
         raise SystemExit(f"error: a {meta['kind']!r} model cannot inpaint; train a diffusion model (ldm)")
     x = _read_images(args.image, meta)
     size = meta["image_shape"][-1]
-    g = torch.Generator(device=device).manual_seed(args.seed)
+    g = torch.Generator(device=device).manual_seed(o.seed)
     if args.mask in MASKS:
-        keep = make_mask(args.mask, size, generator=torch.Generator().manual_seed(args.seed))
+        keep = make_mask(args.mask, size, generator=torch.Generator().manual_seed(o.seed))
     elif Path(args.mask).exists():
         keep = load_mask(args.mask, size)
     else:
         raise SystemExit(f"error: --mask {args.mask!r} is neither one of {', '.join(MASKS)} nor an existing PNG file")
-    x_rep = x.repeat_interleave(args.n, 0)
+    x_rep = x.repeat_interleave(o.n, 0)
+    sampler, steps = recipe.sampling_choice(meta, o.sampler, o.steps, o.spacing)
     t0 = time.perf_counter()
-    out = fn(model, meta, x_rep, keep, g, device, sampler=args.sampler, steps=args.steps, method=args.method,
-             jump_length=args.jump_length, resample=args.resample, **_options(args.option))
+    out = recipe.inpaint(model, meta, x_rep, keep, g, device, sampler=o.sampler, steps=o.steps, spacing=o.spacing,
+                         method=o.method, jump_length=o.jump_length, resample=o.resample, **_options(args.option))
     secs = time.perf_counter() - t0
     rows = []
     for b in range(len(x)):  # masked input (hole in grey), N inpaintings, original
-        rows += [x[b:b + 1] * keep, out[b * args.n:(b + 1) * args.n], x[b:b + 1]]
-    save_grid(torch.cat(rows), args.out, nrow=args.n + 2)
-    result = {"out": args.out, "images": len(x), "n": args.n, "method": args.method, "sampler": args.sampler,
-              "steps": args.steps, "masked_mse": float(masked_mse(out, x_rep, keep).mean()), "seconds": round(secs, 3)}
+        rows += [x[b:b + 1] * keep, out[b * o.n:(b + 1) * o.n], x[b:b + 1]]
+    save_grid(torch.cat(rows), args.out, nrow=o.n + 2)
+    result = {"out": args.out, "images": len(x), "n": o.n, "method": o.method, "sampler": sampler,
+              "steps": steps, "masked_mse": float(masked_mse(out, x_rep, keep).mean()), "seconds": round(secs, 3)}
     print(json.dumps(result))
     return result
 
@@ -440,34 +422,24 @@ def cmd_inpaint(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 def _add_distill_parser(sub) -> None:
-    from .distill import WEIGHTINGS
-    from .schedules import SPACINGS
+    from .distill import DistillOptions
 
     d = sub.add_parser("distill", help="one round of progressive distillation: an N-step student of a ddpm teacher's 2N DDIM steps",
                        description="Train a student (initialised with the teacher's weights) whose ONE DDIM step matches the "
                                    "teacher's TWO (Salimans & Ho 2022, Alg. 2). Writes OUT/checkpoint.pt, a ddpm checkpoint "
                                    "that `ldmcourse sample`/`eval` sample on the distilled grid at --steps N.")
     d.add_argument("--teacher", required=True, help="checkpoint of `ldmcourse train ddpm`, or a student of an earlier round (its own grid is halved)")
-    d.add_argument("--steps", type=int, required=True, help="the student's DDIM steps N (the teacher takes 2N)")
     d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--spacing", default="leading", choices=SPACINGS,
-                   help="the teacher's 2N-step grid (default leading; trailing starts at T-1, see ldmcourse.distill)")
-    d.add_argument("--weighting", default="truncated_snr", choices=WEIGHTINGS,
-                   help="truncated_snr: the paper's max(SNR, 1) on the x-error; snr: the ε-space MSE")
-    d.add_argument("--train-steps", type=int, default=None, help="optimiser updates (default: the profile's)")
-    d.add_argument("--batch-size", type=int, default=None)
-    d.add_argument("--lr", type=float, default=None)
-    d.add_argument("--seed", type=int, default=None)
-    d.add_argument("--n-train", dest="n_train", type=int, default=None, help="use a random subset of the teacher's training set")
     d.add_argument("--profile", choices=PROFILES, default=None, help="smoke | cpu | gpu (default: automatic)")
     d.add_argument("--device", default="auto")
+    add_dataclass_flags(d, DistillOptions, "opt__", {"--teacher", "--out", "--profile", "--device"}, "distillation (DistillOptions)")
 
 
 def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
     from .data import load_dataset
-    from .distill import SIZES, distill, teacher_timesteps
-    from .train import FitConfig
+    from .distill import DistillOptions, distill, grids
 
+    o = build_config(DistillOptions, _explicit(args, "opt__"), where="distill: ")  # validates (__post_init__)
     if not Path(args.teacher).exists():
         raise FileNotFoundError(f"--teacher {args.teacher} does not exist; train one with "
                                 "`ldmcourse train ddpm --dataset D --out DIR` and pass DIR/checkpoint.pt")
@@ -477,27 +449,18 @@ def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
     if meta["kind"] != "ddpm":
         raise ValueError(f"--teacher {args.teacher} is a {meta['kind']!r} checkpoint, not a pixel-space diffusion model; "
                          "distill a checkpoint of `ldmcourse train ddpm`")
-    cfg = config_from_dict(recipe.model_config, meta["model_config"])
-    # a teacher from an earlier round samples well only on the grid it learnt: the new student halves that grid
-    teacher_grid = (meta.get("distill") or {}).get("timesteps")
-    if teacher_grid is not None and len(teacher_grid) != 2 * args.steps:
-        raise ValueError(f"--teacher {args.teacher} is a distilled {len(teacher_grid)}-step student; the next round halves "
-                         f"its grid, so use --steps {len(teacher_grid) // 2}" if len(teacher_grid) % 2 == 0 else
-                         f"--teacher {args.teacher} is a distilled {len(teacher_grid)}-step student: an odd grid cannot be halved")
-    ts_teacher = teacher_grid if teacher_grid is not None else teacher_timesteps(cfg.T, args.steps, args.spacing).tolist()
-    overrides = {k: v for k, v in (("steps", args.train_steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                                   ("seed", args.seed)) if v is not None}
-    fit_cfg = FitConfig(**{**SIZES[profile], **overrides})
+    cfg = recipe.config(meta["model_config"])
+    ts_teacher, _ = grids(cfg.T, o.steps, o.spacing, meta.get("distill"))  # refuses an impossible N before any work
+    fit_cfg = o.fit_config(profile)
     data = load_dataset(meta["dataset"], "train", size=meta["image_shape"][-1], root=meta.get("data_root"),
-                        n=args.n_train, download=False)
-    print(f"[ldmcourse] distill {args.teacher}: {2 * args.steps} DDIM steps -> {args.steps}; profile={profile} "
-          f"device={device} updates={fit_cfg.steps} batch={fit_cfg.batch_size} lr={fit_cfg.lr} weighting={args.weighting}")
+                        n=o.n_train, download=False)
+    print(f"[ldmcourse] distill {args.teacher}: {2 * o.steps} DDIM steps -> {o.steps}; profile={profile} "
+          f"device={device} updates={fit_cfg.steps} batch={fit_cfg.batch_size} lr={fit_cfg.lr} weighting={o.weighting}")
     meta = {**meta, "profile": profile, "teacher_ckpt": str(args.teacher), "ldmcourse": __version__}
-    res, ts = distill(teacher, data, fit_cfg, schedule=cfg.make_schedule(), student_steps=args.steps, prediction=cfg.prediction,
-                      spacing=args.spacing, weighting=args.weighting, device=device, out_dir=args.out, meta=meta,
-                      teacher_ts=teacher_grid)
-    summary = {"out": str(Path(args.out) / "checkpoint.pt"), "steps": args.steps, "timesteps": ts.tolist(),
-               "teacher_timesteps": ts_teacher, "weighting": args.weighting,
+    res, ts = distill(teacher, data, fit_cfg, schedule=cfg.make_schedule(), student_steps=o.steps, prediction=cfg.prediction,
+                      spacing=o.spacing, weighting=o.weighting, device=device, out_dir=args.out, meta=meta)
+    summary = {"out": str(Path(args.out) / "checkpoint.pt"), "steps": o.steps, "timesteps": ts.tolist(),
+               "teacher_timesteps": ts_teacher.tolist(), "weighting": o.weighting,
                "train_steps": res.step, "train_seconds": round(res.seconds, 2),
                "final_loss": res.history[-1]["loss"] if res.history else None}
     (Path(args.out) / "metrics.json").write_text(json.dumps({**summary, "history": res.history,

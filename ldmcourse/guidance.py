@@ -25,6 +25,19 @@ import torch
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def check_class(y, num_classes: int | None) -> None:
+    """A clear error unless every label in ``y`` (int or tensor) is a class 0..K-1 of a K-class model."""
+    if y is None:
+        return
+    if not num_classes:
+        raise ValueError("--class needs a class-conditional model (train with --num-classes K --p-uncond 0.1)")
+    lo, hi = (int(y), int(y)) if isinstance(y, int) else (int(torch.as_tensor(y).min()), int(torch.as_tensor(y).max()))
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"--class {bad} is out of range: this model has classes 0..{num_classes - 1} "
+                         f"(label {num_classes} is the null class of classifier-free guidance)")
+
+
 def cfg_eps_model(model: Callable[..., torch.Tensor], y: Any, scale: float, uncond: Any = None,
                   batched: bool = True) -> EpsModel:
     """An ε-model ``eps(x, t)`` that guides ``model(x, t, y=...)`` towards condition ``y`` with ``scale``.
@@ -64,4 +77,4 @@ def cfg_eps_model(model: Callable[..., torch.Tensor], y: Any, scale: float, unco
     return eps
 
 
-__all__ = ["cfg_eps_model"]
+__all__ = ["check_class", "cfg_eps_model"]

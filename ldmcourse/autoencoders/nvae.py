@@ -229,15 +229,21 @@ class NVAE(nn.Module):
         return NVAEOutput(self.out(self.post(s)), kl, log_q, log_p, zs)
 
     @torch.no_grad()
+    def top_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log sigma) of q(z_1 | x) for the top group (p(z_1) = N(0, I): the residual is the posterior)."""
+        mu, log_sigma = (soft_clamp(t) for t in self.posterior[0](self.encode(x)[0]).chunk(2, dim=1))
+        return mu, log_sigma
+
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
-               return_latents: bool = False):
+               return_latents: bool = False, z_top: torch.Tensor | None = None):
         """Ancestral sampling z_l = mu_p + t * sigma_p * eps down the top-down path -> logits (n, C, H, W).
 
         ``generator``: one, or one per sample (then sample i depends only on generator i; in eval mode
         BatchNorm uses its running statistics, so the batch size changes nothing).
 
         ``temperature`` t scales every group's prior standard deviation (t = 0: each z_l is its prior
-        mean). With ``return_latents``, also returns the lists of z_l and of prior means.
+        mean; no noise is drawn). ``z_top`` (n, *latent_shapes[0]): the top group given instead of drawn.
+        With ``return_latents``, also returns the lists of z_l and of prior means.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -246,8 +252,13 @@ class NVAE(nn.Module):
         for l in range(self.n_groups):
             s = self._step_down(l, s)
             mu_p, log_sig_p = self._prior(l, s)
-            eps = randn_like(mu_p, generator)
-            z = mu_p + temperature * torch.exp(log_sig_p) * eps
+            if l == 0 and z_top is not None:
+                z = z_top
+            elif temperature == 0:
+                z = mu_p
+            else:
+                eps = randn_like(mu_p, generator)
+                z = mu_p + temperature * torch.exp(log_sig_p) * eps
             zs.append(z)
             mus.append(mu_p)
             s = self.dec_comb[l](s, z)

@@ -1,8 +1,9 @@
 """Recipes: what the command line needs to know about each model, in one small object per model.
 
 A recipe wires a network (from ``ldmcourse.autoencoders`` / ``ldmcourse.unet``) to its loss, its
-picture, its sampler and its metrics. The networks and the processes never import each other; the
-recipes (and the notebooks) join them. To add a model, write ``ldmcourse/recipes/NAME.py`` that
+picture, its sampler, its inpainting and its metrics. The networks and the processes never import
+each other; the recipes (and the notebooks) join them, and no recipe imports the CLI. Everything the
+CLI needs is a field of :class:`Recipe`. To add a model, write ``ldmcourse/recipes/NAME.py`` that
 defines ``RECIPES = {name: Recipe(...)}`` and add one line to ``_MODULES`` below.
 """
 
@@ -14,6 +15,8 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+
+from ..configs import from_dict, migrate
 
 # model name -> module defining RECIPES (imported lazily so `ldmcourse --help` stays fast)
 _MODULES: dict[str, str] = {
@@ -35,9 +38,14 @@ class Recipe:
     - ``build(model_cfg) -> nn.Module``.
     - ``loss(model_cfg) -> loss_fn(model, batch, generator) -> (loss, logs)``.
     - ``sizes[profile]``: ``{"fit": {...}, "model": {...}, "data": {...}}`` overrides per profile.
-    - ``picture(model, data, device, generator) -> (images (B, C, H, W) in [-1, 1], filename)``.
-    - ``sample(model, meta, n, generator, device, **options) -> images`` or None if it cannot sample.
+    - ``picture(model, cfg, data, device, generator) -> (images (B, C, H, W) in [-1, 1], filename)``;
+      ``cfg`` is the model config (passed explicitly: nothing is attached to the model).
+    - ``sample(model, meta, n, generator, device, sampler=None, steps=None, batch_size=..., **options) -> images``
+      or None if it cannot sample; None for sampler/steps means the model's defaults.
+    - ``inpaint(model, meta, x_known, keep, generator, device, **InpaintOptions fields) -> images`` or None.
+    - ``guidance``: whether ``sample`` takes ``guidance=`` (classifier-free guidance; class-conditional models).
     - ``metrics``: ``{name: fn(model, meta, test_data, device, options) -> dict}``.
+    - ``renamed``: fields of a previous config layout, old name -> new (see :meth:`config`).
     """
 
     name: str
@@ -53,6 +61,27 @@ class Recipe:
     sample: Callable[..., torch.Tensor] | None = None
     metrics: dict[str, Callable[..., dict]] = field(default_factory=dict)
     description: str = ""
+    inpaint: Callable[..., torch.Tensor] | None = None
+    guidance: bool = False
+    renamed: dict[str, str] = field(default_factory=dict)
+
+    def config(self, d: dict[str, Any]):
+        """The model config from a checkpoint's ``meta["model_config"]``, of this layout or the previous one."""
+        return from_dict(self.model_config, migrate(d, self.renamed))
+
+    def sampling_choice(self, meta: dict[str, Any], sampler: str | None = None, steps: int | None = None,
+                        spacing: str | None = None) -> tuple[str | None, int | None]:
+        """The sampler and step count a sample run uses (for its report): the given ones, else a distilled
+        checkpoint's, else the model config's. A model that samples in one pass refuses them (ValueError)."""
+        if not self.takes_sampler:
+            given = [f"--{k}" for k, v in (("sampler", sampler), ("steps", steps), ("spacing", spacing)) if v is not None]
+            if given:
+                raise ValueError(f"a {meta['kind']!r} model samples in one pass: {', '.join(given)} do not apply")
+            return None, None
+        from ..distill import sampling_grid
+
+        cfg = self.config(meta["model_config"])
+        return sampler or cfg.sampler, sampling_grid(meta, steps)[0] or cfg.sample_steps
 
 
 def available() -> list[str]:

@@ -18,7 +18,7 @@ SIZES = {
 }
 
 
-def picture(model, data, device, generator):
+def picture(model, cfg, data, device, generator):
     """Originals (top rows) over their reconstructions (bottom rows)."""
     x, _ = data.get_batch(torch.arange(min(32, len(data))))
     x = x.to(device)

@@ -28,7 +28,7 @@ SIZES = {
 }
 
 
-def picture(model, data, device, generator):
+def picture(model, cfg, data, device, generator):
     """Test digits; the misclassified ones (up to 32) when there are any."""
     x, y = data.get_batch(torch.arange(min(512, len(data))))
     with torch.no_grad():
@@ -99,9 +99,8 @@ def fid_metric(model, meta, test_data, device, options):
     n = len(test_data)
     g = torch.Generator(device=device).manual_seed(seed)
     bs = int(opts.pop("batch_size", 256))
-    if recipe.takes_sampler:
-        opts = {"sampler": "ddim", "steps": 50, **opts}
-    sampler, steps = opts.get("sampler"), opts.get("steps")  # a VAE/NVAE refuses them if given
+    # None: the model's own sampler, steps and grid (its DiffusionConfig, or a distilled checkpoint's grid)
+    sampler, steps = recipe.sampling_choice(meta, opts.get("sampler"), opts.get("steps"), opts.get("spacing"))
     samples = recipe.sample(model, meta, n, g, device, batch_size=bs, **opts)
     x, _ = test_data.tensors()
     rep = fid_report(extract_features(net, samples, device=device), extract_features(net, x, device=device),

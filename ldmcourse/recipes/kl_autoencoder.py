@@ -20,7 +20,7 @@ SIZES = {
 
 
 @torch.no_grad()
-def picture(model, data, device, generator):
+def picture(model, cfg, data, device, generator):
     """Originals (top rows) over reconstructions from the posterior mean (bottom rows)."""
     x, _ = data.get_batch(torch.arange(min(32, len(data))))
     x = x.to(device)

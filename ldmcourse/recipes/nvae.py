@@ -75,7 +75,7 @@ def sample(model, meta, n, generator, device, sampler=None, steps=None, batch_si
     return probabilities_as_images(torch.cat(out))
 
 
-def picture(model, data, device, generator):
+def picture(model, cfg, data, device, generator):
     """Binarised originals, their reconstructions (Bernoulli means), then prior samples at t = 1."""
     x = binarized_test_set(data.subset(min(16, len(data))))[:16].to(device)
     with torch.no_grad():

@@ -46,7 +46,7 @@ def _test_batches(model: VAE, test_data, device, seed: int, batch_size: int = 25
         yield target, g
 
 
-def picture(model, data, device, generator):
+def picture(model, cfg, data, device, generator):
     """Rows: 16 test originals (as the model sees them), their reconstructions, then 32 samples from the prior."""
     x, _ = data.get_batch(torch.arange(min(16, len(data))))
     _, x = prepare_batch(model.cfg, x.to(device), generator, train=False)
