@@ -343,6 +343,6 @@ def test_cli_sample_and_inpaint_refuse_nonsense(tmp_path, capsys):
     assert main(["train", "vae", "--profile", "smoke", "--out", str(vae), "--steps", "2", "--progress", "false", "--device", "cpu"]) == 0
     capsys.readouterr()
     assert main(["sample", "--ckpt", str(vae / "checkpoint.pt"), "--out", png, "--sampler", "ddim", "--steps", "5"]) == 2
-    assert "samples in one pass: --sampler, --steps do not apply" in capsys.readouterr().err
+    assert "one decoder pass: --sampler ddim, --steps 5 do(es) not apply" in capsys.readouterr().err
     assert main(["sample", "--ckpt", str(vae / "checkpoint.pt"), "--out", png, "--class", "1"]) == 2
     assert "takes no --class" in capsys.readouterr().err

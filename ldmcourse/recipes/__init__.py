@@ -74,9 +74,10 @@ class Recipe:
         """The sampler and step count a sample run uses (for its report): the given ones, else a distilled
         checkpoint's, else the model config's. A model that samples in one pass refuses them (ValueError)."""
         if not self.takes_sampler:
-            given = [f"--{k}" for k, v in (("sampler", sampler), ("steps", steps), ("spacing", spacing)) if v is not None]
+            given = [f"--{k} {v}" for k, v in (("sampler", sampler), ("steps", steps), ("spacing", spacing)) if v is not None]
             if given:
-                raise ValueError(f"a {meta['kind']!r} model samples in one pass: {', '.join(given)} do not apply")
+                raise ValueError(f"a {meta['kind']!r} model samples from its prior in one decoder pass: "
+                                 f"{', '.join(given)} do(es) not apply; drop them")
             return None, None
         from ..distill import sampling_grid
 
