@@ -30,7 +30,7 @@ class LDMConfig(UNetConfig):
     """The U-Net's fields (``in_channels`` is set from the first stage's latent), plus the latent-diffusion ones."""
 
     image_size: int = 32
-    first_stage: str = "none"  # checkpoint of a first stage, or "none" for pixel-space diffusion
+    first_stage: str = "auto"  # checkpoint of a first stage; "auto": the zoo's for the dataset (ldmcourse.zoo); "none": pixels
     first_stage_kind: str = ""  # filled in from the checkpoint
     first_stage_config: str = ""  # filled in: the first stage's config as JSON
     latent_shape: tuple[int, ...] = ()  # filled in: (c, h, w)
@@ -50,6 +50,8 @@ class LDMConfig(UNetConfig):
 def _build_first_stage(cfg: LDMConfig) -> FirstStage:
     if cfg.first_stage in ("", "none"):
         return FirstStage(None, "identity", image_shape=(cfg.in_channels, cfg.image_size, cfg.image_size))
+    if cfg.first_stage == "auto":  # resolved by `ldmcourse train ldm` (ldmcourse.zoo.resolve_first_stage)
+        raise ValueError("first_stage='auto' is resolved by `ldmcourse train ldm`; in code pass a checkpoint: ldmcourse.zoo.path('kl-f4-mnist5k')")
     state = None
     if not cfg.first_stage_config:  # first build: read architecture and weights from the checkpoint
         ck = load_checkpoint(cfg.first_stage)
