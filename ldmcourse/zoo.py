@@ -417,6 +417,8 @@ def resolve_first_stage(recipe_name: str, model_cfg: Any, data_cfg: dict[str, An
         return model_cfg
     fs = first_stage_entry(data_cfg["dataset"], {k: data_cfg.get(k) for k in ("image_size", "data_root")})
     r = train(fs, profile, device=str(device))
+    if status(r) != "trained":
+        raise RuntimeError(f"the first stage {r.dir} stopped before its last step; finish it with `{r.command}`")
     print(describe(r))
     model_cfg.first_stage = str(r.checkpoint)
     if args is not None and getattr(args, "resume", False) and not (Path(args.out) / "checkpoint.pt").exists():
