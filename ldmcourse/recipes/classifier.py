@@ -66,6 +66,20 @@ def default_classifier_path(dataset: str) -> Path:
     return Path(os.environ.get("LDMCOURSE_CLASSIFIER", f"runs/classifier-{dataset}/checkpoint.pt"))
 
 
+def _zoo_classifier(meta: dict) -> Path | None:
+    """The checkpoint of the zoo's trained ``classifier-DATASET`` at the model's profile, if there is one."""
+    from .. import zoo
+
+    name = f"classifier-{meta['dataset']}"
+    if name not in zoo.ENTRIES:
+        return None
+    try:
+        r = zoo.resolve(name, meta.get("profile"))
+    except (ValueError, KeyError):
+        return None
+    return r.checkpoint if zoo.status(r) == "trained" else None
+
+
 @torch.no_grad()
 def fid_metric(model, meta, test_data, device, options):
     """Sample ``len(test_data)`` images from ``model`` with its recipe and compare them to the test set.
@@ -77,10 +91,12 @@ def fid_metric(model, meta, test_data, device, options):
 
     opts = dict(options)
     path = Path(opts.pop("classifier", default_classifier_path(meta["dataset"])))
+    if not path.exists() and "classifier" not in options:  # else the zoo's, when it is trained
+        path = _zoo_classifier(meta) or path
     if not path.exists():
         raise FileNotFoundError(f"no feature classifier at {path}; train one first: "
                                 f"ldmcourse train classifier --dataset {meta['dataset']} --out {path.parent} "
-                                "(or pass --option classifier=PATH)")
+                                f"or `ldmcourse zoo train classifier-{meta['dataset']}` (or pass --option classifier=PATH)")
     net, cmeta = load_classifier(path, device)
     if cmeta["dataset"] != meta["dataset"] or list(cmeta["image_shape"]) != list(meta["image_shape"]):
         raise ValueError(f"the classifier at {path} was trained on {cmeta['dataset']} {cmeta['image_shape']}, "
