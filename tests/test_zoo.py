@@ -166,3 +166,22 @@ def test_train_ldm_first_stage_auto_and_resume(zroot, tmp_path, monkeypatch):
     assert len(zoo.record(fs)["sessions"]) == 2
     # and the zoo's own ldm entry uses the same first stage
     assert zoo.resolve("ldm-mnist5k", "smoke").first_stage.dir == fs.dir
+
+
+def test_fid_metric_falls_back_to_the_zoo_classifier(zroot, tmp_path, monkeypatch):
+    from ldmcourse.data import load_dataset
+    from ldmcourse.recipes import get_recipe
+    from ldmcourse.recipes.classifier import fid_metric
+
+    monkeypatch.chdir(tmp_path)  # no runs/classifier-mnist5k here
+    monkeypatch.setitem(zoo.ENTRIES, "classifier-mnist5k", dataclasses.replace(TINY, name="classifier-mnist5k"))
+    vae = get_recipe("vae")
+    cfg = vae.model_config()
+    meta = {"kind": "vae", "model_config": dataclasses.asdict(cfg), "dataset": "mnist5k", "image_shape": [1, 32, 32],
+            "profile": "smoke"}
+    test = load_dataset("mnist5k", "test").subset(16)
+    with pytest.raises(FileNotFoundError, match="ldmcourse zoo train classifier-mnist5k"):
+        fid_metric(vae.build(cfg).eval(), meta, test, "cpu", {"n_boot": 2})
+    r = zoo.train("classifier-mnist5k", "smoke")
+    rep = fid_metric(vae.build(cfg).eval(), meta, test, "cpu", {"n_boot": 2})
+    assert rep["classifier"] == str(r.checkpoint)

@@ -119,12 +119,15 @@ def picture(model, data, device, generator):
 
 SIZES = {
     "smoke": {"fit": dict(steps=20, batch_size=32, lr=1e-3, warmup=5, log_every=5),
-              "model": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention=()),
+              "model": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention=(), num_classes=10, p_uncond=0.1),
               "data": dict(n_train=256)},
+    # class-conditional by default (every dataset here has 10 classes); `--num-classes none --p-uncond 0` for unconditional.
+    # cpu (issue 14): on the 400-step kl-f4 first stage, 2,000 steps ≈ 200 s on 1 thread; guided samples (DDIM 25,
+    # n = 200) agree with the requested class 72 / 92 / 97 % at guidance 1 / 2 / 4 (500 steps: 21 / 31 / 42 %).
     "cpu": {"fit": dict(steps=2000, batch_size=64, lr=1e-3, warmup=100, log_every=50, ema_decay=0.995),
-            "model": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention=(4,))},
+            "model": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention=(4,), num_classes=10, p_uncond=0.1)},
     "gpu": {"fit": dict(steps=50000, batch_size=128, lr=2e-4, warmup=1000, log_every=200),
-            "model": dict(base_channels=128, channel_mult=(1, 2, 2), num_res_blocks=2, attention=(2, 4)),
+            "model": dict(base_channels=128, channel_mult=(1, 2, 2), num_res_blocks=2, attention=(2, 4), num_classes=10, p_uncond=0.1),
             "data": dict(dataset="fashion-mnist")},
 }
 
