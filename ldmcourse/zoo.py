@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 ZOO_VERSION = 1  # part of every key: bump to invalidate every cached entry at once
+BOOKKEEPING = ("progress", "log_every", "ckpt_every", "sample_every")  # FitConfig fields left out of the key
 
 
 @dataclass(frozen=True)
@@ -175,14 +176,19 @@ def resolve(name_or_entry: str | Entry, profile: str | None = None) -> Resolved:
     sizes = recipe.sizes.get(profile, {})
     data = {**DATA_FIELDS, **sizes.get("data", {}), **e.data, "dataset": e.dataset}
     fit = dataclasses.asdict(build_config(FitConfig, sizes.get("fit", {}), e.fit, where=f"zoo {e.name} fit: "))
+    if not fit["ckpt_every"]:  # checkpoints along the way, so an interrupted entry has something to resume
+        e = dataclasses.replace(e, fit={**e.fit, "ckpt_every": max(1, fit["steps"] // 10)})
+        fit["ckpt_every"] = e.fit["ckpt_every"]
     model_over = dict(e.model)
     fs = None
     if e.recipe == "ldm" and model_over.get("first_stage", _default(recipe.model_config, "first_stage")) == "auto":
         fs = resolve(first_stage_entry(e.dataset, {k: data[k] for k in ("image_size", "data_root")}), profile)
         model_over["first_stage"] = "auto"
     model = dataclasses.asdict(build_config(recipe.model_config, sizes.get("model", {}), model_over, where=f"zoo {e.name} model: "))
-    # what the key hashes: everything that decides the weights (not the cache location)
-    identity = {"zoo": ZOO_VERSION, "recipe": e.recipe, "profile": profile, "data": data, "fit": fit, "model": model,
+    # what the key hashes: the fully resolved config, less the cache location and the bookkeeping that
+    # cannot change the weights (fit resumes exactly, whatever the checkpoint and logging intervals)
+    fit_key = {k: v for k, v in fit.items() if k not in BOOKKEEPING}
+    identity = {"zoo": ZOO_VERSION, "recipe": e.recipe, "profile": profile, "data": data, "fit": fit_key, "model": model,
                 "first_stage": fs.dir.name if fs is not None else None}
     key = hashlib.sha256(json.dumps(_jsonable(identity), sort_keys=True, default=str).encode()).hexdigest()[:10]
     return Resolved(e, profile, data, fit, model, fs, key)
