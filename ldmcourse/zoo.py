@@ -2,7 +2,8 @@
 
 An entry is a recipe + dataset + config overrides; with a profile it resolves to the full configs
 ``ldmcourse train`` would use (dataclass defaults < the recipe's ``sizes[profile]`` < the entry's
-overrides). The cache folder is named by a hash of that fully resolved config::
+overrides). The cache folder is named by a hash of that fully resolved config (less the logging and
+checkpoint intervals, which cannot change the weights; entries checkpoint every tenth of their steps)::
 
     runs/zoo/<name>-<profile>-<hash>/checkpoint.pt     (written by `ldmcourse train`, nothing else)
     runs/zoo/<name>-<profile>-<hash>/zoo.json          (the record: key, command, seconds, steps, machine)
