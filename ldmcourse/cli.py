@@ -145,6 +145,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
     _add_inpaint_parser(sub)
     _add_distill_parser(sub)
+    _add_zoo_parser(sub)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON object as the last line")
     e.add_argument("--ckpt", required=True)
@@ -216,6 +217,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     model_layers = [sizes.get("model", {}), file_cfg.get("model", {}), _explicit(args, "model__")]
     auto = {k: v for k, v in (("in_channels", c), ("image_size", h)) if k in {f.name for f in dataclasses.fields(recipe.model_config)}}
     model_cfg = build_config(recipe.model_config, auto, *model_layers, where="model: ")
+    from .zoo import resolve_first_stage  # ldm --first-stage auto: the zoo's first stage, reused or trained
+
+    model_cfg = resolve_first_stage(recipe.name, model_cfg, data_cfg, profile, device, args)
     if hasattr(model_cfg, "first_stage"):  # latent diffusion: the first stage comes from its checkpoint, same data
         check_first_stage({**model_layers[1], **model_layers[2]}, model_cfg.first_stage, train_data.name)
     torch.manual_seed(fit_cfg.seed)  # the initial weights: recent PyTorch seeds its global generator per process
@@ -469,6 +473,48 @@ def cmd_distill(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+# ----------------------------------------------------------------------------------------------
+# zoo (ldmcourse.zoo: the named models notebooks and commands consume)
+# ----------------------------------------------------------------------------------------------
+
+def _add_zoo_parser(sub) -> None:
+    z = sub.add_parser("zoo", help="the model zoo: list its entries, train one or all into runs/zoo/",
+                       description="Named models, trained once by `ldmcourse train` and cached under a hash of their config.")
+    zs = z.add_subparsers(dest="zoo_command", required=True)
+    zl = zs.add_parser("list", help="entries, their status and training time at a profile")
+    zl.add_argument("--profile", choices=PROFILES, default=None)
+    zl.add_argument("--json", action="store_true", help="one JSON object per line")
+    zt = zs.add_parser("train", help="train (or resume) entry NAME, or every entry with --all")
+    zt.add_argument("name", nargs="?", default=None)
+    zt.add_argument("--all", action="store_true")
+    zt.add_argument("--profile", choices=PROFILES, default=None)
+    zt.add_argument("--device", default="auto")
+    zt.add_argument("--rebuild", action="store_true", help="delete the cached entry and train it again")
+
+
+def cmd_zoo(args: argparse.Namespace) -> Any:
+    from . import zoo
+
+    if args.zoo_command == "list":
+        rows = zoo.list_entries(args.profile)
+        for r in rows:
+            if args.json:
+                print(json.dumps(r))
+            else:
+                took = f"{r['steps']} steps, {r['train_seconds']:.0f} s" if r["train_seconds"] is not None else ""
+                print(f"{r['name']:26s} {r['recipe']:15s} {r['dataset']:14s} {r['profile']:5s} {r['status']:12s} {took}")
+        return rows
+    if args.all == (args.name is not None):
+        raise SystemExit("error: give an entry NAME or --all (see `ldmcourse zoo list`)")
+    names = sorted(zoo.ENTRIES) if args.all else [args.name]
+    done = []
+    for name in names:
+        r = zoo.train(name, args.profile, device=args.device, rebuild=args.rebuild)
+        print(zoo.describe(r))
+        done.append(str(r.checkpoint))
+    return done
+
+
 class UsageError(SystemExit):
     """An ``error: ...`` line already printed; exits with status 2 (like argparse), the message kept as ``str(e)``."""
 
@@ -483,13 +529,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "inpaint": cmd_inpaint,
-         "distill": cmd_distill}[args.command](args)
+         "distill": cmd_distill, "zoo": cmd_zoo}[args.command](args)
     except KeyboardInterrupt as e:
         from .rundir import TrainingInterrupted
 
         if isinstance(e, TrainingInterrupted):  # fit saved the current step and said where
             return 128 + int(e.signum)
-        print("\n[ldmcourse] interrupted", file=sys.stderr)
+        print("
+[ldmcourse] interrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError, KeyError, FloatingPointError) as e:
         if os.environ.get("LDMCOURSE_TRACEBACK"):

@@ -68,6 +68,20 @@ def default_classifier_path(dataset: str) -> Path:
     return Path(os.environ.get("LDMCOURSE_CLASSIFIER", f"runs/classifier-{dataset}/checkpoint.pt"))
 
 
+def _zoo_classifier(meta: dict) -> Path | None:
+    """The checkpoint of the zoo's trained ``classifier-DATASET`` at the model's profile, if there is one."""
+    from .. import zoo
+
+    name = f"classifier-{meta['dataset']}"
+    if name not in zoo.ENTRIES:
+        return None
+    try:
+        r = zoo.resolve(name, meta.get("profile"))
+    except (ValueError, KeyError):
+        return None
+    return r.checkpoint if zoo.status(r) == "trained" else None
+
+
 @metric_options(passes_rest=True, classifier=(str, None), sampler=(str, None), steps=(int, 1), batch_size=(int, 1),
                 n_boot=(int, 1))
 @torch.no_grad()
@@ -81,10 +95,12 @@ def fid_metric(model, meta, test_data, device, options):
 
     opts = dict(options)
     path = Path(opts.pop("classifier", default_classifier_path(meta["dataset"])))
+    if not path.exists() and "classifier" not in options:  # else the zoo's, when it is trained
+        path = _zoo_classifier(meta) or path
     if not path.exists():
         raise FileNotFoundError(f"no feature classifier at {path}; train one first: "
                                 f"ldmcourse train classifier --dataset {meta['dataset']} --out {path.parent} "
-                                "(or pass --option classifier=PATH)")
+                                f"or `ldmcourse zoo train classifier-{meta['dataset']}` (or pass --option classifier=PATH)")
     net, cmeta = load_classifier(path, device)
     if cmeta["dataset"] != meta["dataset"] or list(cmeta["image_shape"]) != list(meta["image_shape"]):
         raise ValueError(f"the classifier at {path} was trained on {cmeta['dataset']} {cmeta['image_shape']}, "

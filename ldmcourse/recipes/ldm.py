@@ -35,7 +35,7 @@ class LDMConfig(UNetConfig, DiffusionConfig):
     (:class:`DiffusionConfig`), plus the latent-diffusion ones."""
 
     image_size: int = 32
-    first_stage: str = "none"  # checkpoint of a first stage, or "none" for pixel-space diffusion
+    first_stage: str = "auto"  # checkpoint of a first stage; "auto": the zoo's for the dataset (ldmcourse.zoo); "none": pixels
     first_stage_kind: str = ""  # filled in from the checkpoint
     first_stage_config: str = ""  # filled in: the first stage's config as JSON
     latent_shape: tuple[int, ...] = ()  # filled in: (c, h, w)
@@ -52,6 +52,8 @@ class LDMConfig(UNetConfig, DiffusionConfig):
 def _build_first_stage(cfg: LDMConfig) -> FirstStage:
     if cfg.first_stage in ("", "none"):
         return FirstStage(None, "identity", image_shape=(cfg.in_channels, cfg.image_size, cfg.image_size))
+    if cfg.first_stage == "auto":  # resolved by `ldmcourse train ldm` (ldmcourse.zoo.resolve_first_stage)
+        raise ValueError("first_stage='auto' is resolved by `ldmcourse train ldm`; in code pass a checkpoint: ldmcourse.zoo.path('kl-f4-mnist5k')")
     state = None
     if not cfg.first_stage_config:  # first build: read architecture and weights from the checkpoint
         ck = load_checkpoint(cfg.first_stage)
@@ -120,12 +122,17 @@ def picture(model, cfg: LDMConfig, data, device, generator):
 
 SIZES = {
     "smoke": {"fit": dict(steps=20, batch_size=32, lr=1e-3, warmup=5, log_every=5),
-              "model": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention=(), sample_steps=10),
+              "model": dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention=(), sample_steps=10,
+                            num_classes=10, p_uncond=0.1),
               "data": dict(n_train=256)},
+    # class-conditional by default (every dataset here has 10 classes); `--num-classes none --p-uncond 0` for unconditional.
+    # cpu (issue 14): on the 400-step kl-f4 first stage, 2,000 steps = 221 s on 1 thread. Guided samples (DDIM 25)
+    # agree with the requested class 72 / 92 / 95 / 96 % at guidance 1 / 2 / 3 / 4 (n = 500, seed 1; after 500 steps,
+    # n = 200: 21 / 31 / - / 42 %); at guidance 3 on 1,000 fresh samples 96.9 % [95.6, 97.8], FID 0.84 (floor 0.32).
     "cpu": {"fit": dict(steps=2000, batch_size=64, lr=1e-3, warmup=100, log_every=50, ema_decay=0.995),
-            "model": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention=(4,))},
+            "model": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention=(4,), num_classes=10, p_uncond=0.1)},
     "gpu": {"fit": dict(steps=50000, batch_size=128, lr=2e-4, warmup=1000, log_every=200),
-            "model": dict(base_channels=128, channel_mult=(1, 2, 2), num_res_blocks=2, attention=(2, 4)),
+            "model": dict(base_channels=128, channel_mult=(1, 2, 2), num_res_blocks=2, attention=(2, 4), num_classes=10, p_uncond=0.1),
             "data": dict(dataset="fashion-mnist")},
 }
 
