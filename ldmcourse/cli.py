@@ -535,8 +535,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(e, TrainingInterrupted):  # fit saved the current step and said where
             return 128 + int(e.signum)
-        print("
-[ldmcourse] interrupted", file=sys.stderr)
+        print("\n[ldmcourse] interrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError, KeyError, FloatingPointError) as e:
         if os.environ.get("LDMCOURSE_TRACEBACK"):
