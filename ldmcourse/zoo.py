@@ -11,7 +11,7 @@ checkpoint intervals, which cannot change the weights; entries checkpoint every 
 so a changed definition (an override, a recipe's sizes, a dataclass default) trains a new entry
 instead of silently reusing a stale one. ``get(name, profile=...)`` returns the model, training it on
 first use with the very code of ``ldmcourse train`` (it builds that command's arguments and calls
-``cli.cmd_train``), resuming a half-trained entry, and naming a corrupt checkpoint with the command
+``run.cmd_train``, the code of ``ldmcourse train``), resuming a half-trained entry, and naming a corrupt checkpoint with the command
 that rebuilds it. From the shell::
 
     ldmcourse zoo list
@@ -115,7 +115,7 @@ def entry(name: str) -> Entry:
 
 def first_stage_entry(dataset: str, data: dict[str, Any] | None = None) -> Entry:
     """The zoo's first stage for ``dataset``: the registered KL entry, else the same definition on ``dataset``."""
-    from .cli import DATA_FIELDS
+    from .run import DATA_FIELDS
 
     key = dataset.strip().lower().replace("_", "-")
     base = next((e for e in ENTRIES.values() if e.recipe == FIRST_STAGE_RECIPE and e.dataset == key), None)
@@ -166,7 +166,7 @@ def _jsonable(v: Any) -> Any:
 
 def resolve(name_or_entry: str | Entry, profile: str | None = None) -> Resolved:
     """Full configs of an entry at ``profile``, the same precedence as ``ldmcourse train``."""
-    from .cli import DATA_FIELDS, build_config
+    from .run import DATA_FIELDS, build_config
     from .profiles import get_profile
     from .recipes import get_recipe
     from .train import FitConfig
@@ -214,7 +214,7 @@ def _flag_values(v: Any) -> list[str] | None:
 def train_argv(r: Resolved, device: str = "auto", resume: bool = False) -> list[str]:
     """The ``ldmcourse train ...`` arguments that train this entry (only the entry's own overrides are spelt out:
     the rest comes from the recipe's sizes for the profile, exactly as for a user's command)."""
-    from .cli import build_parser
+    from .run import train_parser as build_parser
 
     e = r.entry
     argv = ["train", e.recipe, "--dataset", e.dataset, "--profile", r.profile, "--out", str(r.dir)]
@@ -294,7 +294,7 @@ def train(name: str | Entry, profile: str | None = None, device: str = "auto", r
           verbose: bool = True) -> Resolved:
     """Make sure the entry is trained (train, resume or reuse); returns its :class:`Resolved`."""
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from .cli import build_parser, cmd_train
+    from .run import cmd_train, train_parser as build_parser
 
     r = resolve(name, profile)
     if rebuild and r.dir.exists():
@@ -372,7 +372,7 @@ def get(name: str, profile: str | None = None, device: str | torch.device = "cpu
     Unknown names list the known ones; a corrupt cached checkpoint is named with the command that rebuilds it.
     """
     from .checkpoint import CheckpointError
-    from .cli import load_model
+    from .run import load_model
 
     dev = torch.device(device)
     r = train(name, profile, device=str(dev), verbose=verbose)
@@ -418,8 +418,8 @@ def list_entries(profile: str | None = None) -> list[dict[str, Any]]:
 def resolve_first_stage(recipe_name: str, model_cfg: Any, data_cfg: dict[str, Any], profile: str,
                         device: torch.device | str, args: Any = None) -> Any:
     """For ``ldm`` with ``first_stage == "auto"``: reuse or train the zoo's first stage for this dataset and
-    profile and point ``model_cfg.first_stage`` at its checkpoint. With ``--resume`` and no latent U-Net
-    checkpoint yet (the first stage was what got interrupted), the U-Net starts fresh."""
+    profile and point ``model_cfg.first_stage`` at its checkpoint (a half-trained first stage resumes).
+    (``run.cmd_train`` starts the U-Net fresh on ``--resume`` when it has no checkpoint yet.)"""
     if recipe_name != "ldm" or getattr(model_cfg, "first_stage", None) != "auto":
         return model_cfg
     fs = first_stage_entry(data_cfg["dataset"], {k: data_cfg.get(k) for k in ("image_size", "data_root")})
@@ -428,7 +428,4 @@ def resolve_first_stage(recipe_name: str, model_cfg: Any, data_cfg: dict[str, An
         raise RuntimeError(f"the first stage {r.dir} stopped before its last step; finish it with `{r.command}`")
     print(describe(r))
     model_cfg.first_stage = str(r.checkpoint)
-    if args is not None and getattr(args, "resume", False) and not (Path(args.out) / "checkpoint.pt").exists():
-        print(f"[zoo] --resume: {args.out} has no latent U-Net checkpoint yet; it starts from step 0")
-        args.resume = False
     return model_cfg
