@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .utils import check_counts, check_range
+
 
 @dataclass
 class ClassifierConfig:
@@ -34,6 +36,12 @@ class ClassifierConfig:
         self.channels = tuple(self.channels)
         if not self.channels:
             raise ValueError("channels must name at least one stage, e.g. (32, 64, 128)")
+        check_range("in_channels", self.in_channels, 1, integer=True)
+        check_range("image_size", self.image_size, 1, integer=True)
+        check_counts("channels", self.channels)
+        check_range("num_classes", self.num_classes, 2, integer=True)
+        check_range("dropout", self.dropout, 0, 1, hi_open=True)
+        check_range("shift", self.shift, 0, integer=True, hint="0: no translation")
 
     @property
     def feature_dim(self) -> int:

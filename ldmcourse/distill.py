@@ -35,13 +35,16 @@ teacher gives 99.9 % saturated pixels at 8 and 16 steps (measured), leaving noth
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from . import conversions as conv
 from .diffusion import q_sample, to_x0
-from .schedules import Schedule, make_timesteps
+from .samplers.grid import make_grid
+from .schedules import SPACINGS, Schedule, make_timesteps
 
 WEIGHTINGS = ("truncated_snr", "snr")
 
@@ -52,6 +55,43 @@ SIZES = {
     "cpu": dict(steps=600, batch_size=32, lr=2e-4, warmup=0, log_every=50, ema_decay=0.99),
     "gpu": dict(steps=20_000, batch_size=128, lr=1e-4, warmup=0, log_every=500, ema_decay=0.999),
 }
+
+
+@dataclass
+class DistillOptions:
+    """The options of ``ldmcourse distill`` (flags generated from these fields); None: the profile's size."""
+
+    steps: int = field(default=0, metadata={"required": True, "help": "the student's DDIM steps N (the teacher takes 2N)"})
+    spacing: str = field(default="leading", metadata={
+        "help": "the teacher's 2N-step grid (trailing starts at T-1, see ldmcourse.distill)"})
+    weighting: str = field(default="truncated_snr", metadata={
+        "help": "truncated_snr: the paper's max(SNR, 1) on the x-error; snr: the ε-space MSE"})
+    train_steps: int | None = field(default=None, metadata={"help": "optimiser updates"})
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    n_train: int | None = field(default=None, metadata={"help": "use a random subset of the teacher's training set"})
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"--steps {self.steps}: the student needs at least 1 step")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"--spacing {self.spacing!r}: choose one of {', '.join(SPACINGS)}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"--weighting {self.weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
+        for name in ("train_steps", "batch_size", "n_train"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"--lr {self.lr} must be > 0")
+
+    def fit_config(self, profile: str):
+        """The FitConfig of one round: the profile's :data:`SIZES`, then these options."""
+        from .train import FitConfig
+
+        overrides = {k: v for k, v in (("steps", self.train_steps), ("batch_size", self.batch_size), ("lr", self.lr),
+                                       ("seed", self.seed)) if v is not None}
+        return FitConfig(**{**SIZES[profile], **overrides})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,21 +120,33 @@ def halve_timesteps(teacher_ts) -> torch.Tensor:
     return ts[0::2].clone()
 
 
-def _alpha_sigma(schedule: Schedule, ts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(α, σ) float64 of shape (K+1,) at the K grid points plus the clean point (α = 1, σ = 0)."""
-    ac = torch.cat([schedule.alphas_cumprod[ts.cpu()], torch.ones(1, dtype=torch.float64)])
-    return ac.sqrt(), (1 - ac).sqrt()
+def grids(T: int, student_steps: int, spacing: str = "leading", previous: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(teacher grid (2N,), student grid (N,)): the one place that decides a round's grids.
+
+    ``previous``: the ``meta["distill"]`` of a teacher that is itself a distilled student (round 2, 3, ...):
+    it has learnt ONE grid, its recorded ``timesteps``, so the new teacher grid is that one and N must be half
+    of it. Otherwise the teacher grid is ``make_timesteps(T, 2N, spacing)``.
+    """
+    if previous is None:
+        ts_teacher = teacher_timesteps(T, student_steps, spacing)
+    else:
+        ts_teacher = torch.as_tensor(previous["timesteps"]).long().flatten()
+        if len(ts_teacher) % 2:
+            raise ValueError(f"the teacher is a distilled {len(ts_teacher)}-step student: an odd grid cannot be halved")
+        if len(ts_teacher) != 2 * student_steps:
+            raise ValueError(f"the teacher is a distilled {len(ts_teacher)}-step student; a student of {student_steps} steps "
+                             f"needs 2N = {2 * student_steps} (the next round halves its grid, so use --steps {len(ts_teacher) // 2})")
+    return ts_teacher, halve_timesteps(ts_teacher)
 
 
-def _per_sample(v: torch.Tensor, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """v[idx] (float64 grid values, idx (B,)) -> (B, 1, ..., 1) in like's dtype and device."""
-    return v[idx.cpu()].to(like.device, like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def ddim_step(z: torch.Tensor, x0: torch.Tensor, a_t, s_t, a_s, s_s) -> torch.Tensor:
-    """Deterministic DDIM from (α_t, σ_t) to (α_s, σ_s) given x̂_0 (DDIM eq. 12, σ = 0; Alg. 2's form):
-    z_s = α_s x̂_0 + (σ_s/σ_t)(z_t - α_t x̂_0). Per-sample coefficients broadcast against z."""
-    return a_s * x0 + (s_s / s_t) * (z - a_t * x0)
+def sampling_grid(meta: dict | None, steps: int | None) -> tuple[int | None, list[int] | None]:
+    """(steps, timesteps) to sample a checkpoint with: a distilled student (``meta["distill"]``) at its own
+    step count (the default when ``steps`` is None) is sampled on the grid it learnt; anything else on
+    the sampler's grid (timesteps None)."""
+    grid = (meta or {}).get("distill")
+    if grid and steps in (None, grid["steps"]):
+        return grid["steps"], list(grid["timesteps"])
+    return steps, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,18 +162,18 @@ def distillation_target(teacher_eps: Callable, z_t: torch.Tensor, idx: torch.Ten
     runs in z_t's dtype with float64 coefficients; pass float64 z_t for an exact check.
     """
     ts = torch.as_tensor(teacher_ts).long().to(z_t.device)
-    a, s = _alpha_sigma(schedule, ts)  # (2N+1,)
-    i0, i1, i2 = 2 * idx, 2 * idx + 1, 2 * idx + 2
-    a0, s0, a1, s1, a2, s2 = (_per_sample(v, i, z_t) for i in (i0, i1, i2) for v in (a, s))
+    grid = make_grid(schedule, None, ts, "leading", final_step=True)  # (α, σ) at the 2N points + clean data
+    alpha, sigma = torch.tensor(grid.alpha, dtype=torch.float64), torch.tensor(grid.sigma, dtype=torch.float64)
+    (a0, s0), (a1, s1), (a2, s2) = ((alpha[i.cpu()], sigma[i.cpu()]) for i in (2 * idx, 2 * idx + 1, 2 * idx + 2))  # (B,) each
     # step 1: t -> t'
-    x0 = (z_t - s0 * teacher_eps(z_t, ts[i0]).to(z_t.dtype)) / a0  # x̂_T(z_t) (DDPM eq. 15)
-    z_mid = ddim_step(z_t, x0, a0, s0, a1, s1)
+    eps = teacher_eps(z_t, ts[2 * idx]).to(z_t.dtype)
+    z_mid = conv.ddim_step(conv.x0_from_eps(z_t, eps, a0, s0), eps, a1, s1)
     # step 2: t' -> t'' (t' is always a real index: 2k+1 <= 2N-1)
-    x0_mid = (z_mid - s1 * teacher_eps(z_mid, ts[i1]).to(z_t.dtype)) / a1
-    z_2 = ddim_step(z_mid, x0_mid, a1, s1, a2, s2)
+    eps_mid = teacher_eps(z_mid, ts[2 * idx + 1]).to(z_t.dtype)
+    z_2 = conv.ddim_step(conv.x0_from_eps(z_mid, eps_mid, a1, s1), eps_mid, a2, s2)
     # Alg. 2: the x̂_0 that takes z_t to z_t'' in ONE DDIM step (σ'' = 0 at clean data: x̃ = z_t'')
-    ratio = s2 / s0
-    x_tilde = (z_2 - ratio * z_t) / (a2 - ratio * a0)
+    ratio = conv.bcast(s2 / s0, z_t)
+    x_tilde = (z_2 - ratio * z_t) / (conv.bcast(a2, z_t) - ratio * conv.bcast(a0, z_t))
     return x_tilde, z_2
 
 
@@ -182,9 +234,8 @@ def distill(teacher: nn.Module, data, fit_cfg, *, schedule: Schedule, student_st
             meta: dict | None = None, callbacks=None, teacher_ts=None):
     """One round: an N-step student from ``teacher`` (frozen) sampling with 2N DDIM steps of ``spacing``.
 
-    ``teacher_ts``: the teacher's own 2N-step grid instead of ``make_timesteps(T, 2N, spacing)``. A
-    teacher that is itself a distilled student (round 2, 3, ...) has learnt ONE grid, the one in its
-    checkpoint's ``meta["distill"]["timesteps"]``; pass it here (``ldmcourse distill`` does).
+    The grids come from :func:`grids`: a teacher that is itself a distilled student (its ``meta``
+    has a ``"distill"`` entry) is distilled on the grid it learnt; ``teacher_ts`` forces a 2N-step grid.
 
     Returns (FitResult, student grid (N,)). ``meta`` (if given) is stored in the checkpoint with a
     ``"distill"`` entry recording both grids, so the student is sampled on the grid it learnt.
@@ -194,26 +245,19 @@ def distill(teacher: nn.Module, data, fit_cfg, *, schedule: Schedule, student_st
     from .diffusion import as_eps_model
     from .train import fit
 
-    if teacher_ts is None:
-        ts_teacher = teacher_timesteps(schedule.T, student_steps, spacing)
-    else:
-        ts_teacher = torch.as_tensor(teacher_ts).long().flatten()
-        if len(ts_teacher) != 2 * student_steps:
-            raise ValueError(f"the teacher's grid has {len(ts_teacher)} steps; a student of {student_steps} steps needs "
-                             f"2N = {2 * student_steps} (a distilled teacher halves only to its own N / 2: "
-                             f"use --steps {len(ts_teacher) // 2})")
-    ts_student = halve_timesteps(ts_teacher)
+    previous = (meta or {}).get("distill") if teacher_ts is None else {"timesteps": list(teacher_ts)}
+    ts_teacher, ts_student = grids(schedule.T, student_steps, spacing, previous)
     teacher = teacher.to(device).eval().requires_grad_(False)
     student = make_student(teacher)
     loss_fn = partial(progressive_distillation_loss, teacher_eps=as_eps_model(teacher, schedule, prediction),
                       schedule=schedule, teacher_timesteps=ts_teacher, prediction=prediction, weighting=weighting)
     meta = dict(meta or {})
     meta["distill"] = {"steps": student_steps, "timesteps": ts_student.tolist(), "teacher_timesteps": ts_teacher.tolist(),
-                       "spacing": spacing if teacher_ts is None else "teacher's grid", "weighting": weighting,
+                       "spacing": spacing if previous is None else "teacher's grid", "weighting": weighting,
                        "round": int((meta.get("distill") or {}).get("round", 0)) + 1}
     res = fit(student, loss_fn, data, fit_cfg, device=device, out_dir=out_dir, meta=meta, callbacks=callbacks)
     return res, ts_student
 
 
-__all__ = ["WEIGHTINGS", "SIZES", "teacher_timesteps", "halve_timesteps", "ddim_step", "distillation_target",
+__all__ = ["WEIGHTINGS", "SIZES", "DistillOptions", "teacher_timesteps", "halve_timesteps", "grids", "sampling_grid", "distillation_target",
            "distillation_weight", "progressive_distillation_loss", "make_student", "distill"]

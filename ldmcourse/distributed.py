@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -69,7 +70,11 @@ def setup(device: str | torch.device = "auto", backend: str | None = None) -> Di
         if missing:
             raise RuntimeError(f"WORLD_SIZE={world} but {missing} are not set; launch with "
                                "`torchrun --nproc_per_node N -m ldmcourse train ...`, which sets them")
-        dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"), rank=rank, world_size=world)
+        # A bounded wait: a rank that cannot reach the others (a firewall, the loopback down) fails with
+        # an error after LDMCOURSE_DIST_TIMEOUT seconds instead of hanging for torch's default 30 min.
+        timeout = timedelta(seconds=float(os.environ.get("LDMCOURSE_DIST_TIMEOUT", 300)))
+        dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"), rank=rank, world_size=world,
+                                timeout=timeout)
     return DistInfo(rank=rank, local_rank=local_rank, world=world, device=device)
 
 

@@ -25,6 +25,19 @@ import torch
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def check_class(y, num_classes: int | None) -> None:
+    """A clear error unless every label in ``y`` (int or tensor) is a class 0..K-1 of a K-class model."""
+    if y is None:
+        return
+    if not num_classes:
+        raise ValueError("--class needs a class-conditional model (train with --num-classes K --p-uncond 0.1)")
+    lo, hi = (int(y), int(y)) if isinstance(y, int) else (int(torch.as_tensor(y).min()), int(torch.as_tensor(y).max()))
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"--class {bad} is out of range: this model has classes 0..{num_classes - 1} "
+                         f"(label {num_classes} is the null class of classifier-free guidance)")
+
+
 def cfg_eps_model(model: Callable[..., torch.Tensor], y: Any, scale: float, uncond: Any = None,
                   batched: bool = True) -> EpsModel:
     """An ε-model ``eps(x, t)`` that guides ``model(x, t, y=...)`` towards condition ``y`` with ``scale``.
@@ -64,4 +77,16 @@ def cfg_eps_model(model: Callable[..., torch.Tensor], y: Any, scale: float, unco
     return eps
 
 
-__all__ = ["cfg_eps_model"]
+def guided_velocity(model, y, scale: float, num_classes: int | None = None, batched: bool = True) -> EpsModel:
+    """Classifier-free guidance for a class-conditional velocity model ``model(x, t, y)`` (flow matching):
+    ṽ = v(x, t, ∅) + s (v(x, t, y) - v(x, t, ∅)). The combination is linear, so on a Gaussian path it is the
+    same whether written on v, ε or x₀ (each is linear in the others at fixed x, t): :func:`cfg_eps_model`
+    applies unchanged. The null class is K = ``num_classes`` (else ``model.config.num_classes``)."""
+    K = num_classes if num_classes is not None else getattr(getattr(model, "config", None), "num_classes", None)
+    if K is None:
+        raise ValueError("classifier-free guidance needs a class-conditional model (UNetConfig.num_classes = K, "
+                         "trained with p_uncond > 0) or num_classes=; this model is unconditional")
+    return cfg_eps_model(lambda x, t, y=None: model(x, t, y), y, scale, uncond=K, batched=batched)
+
+
+__all__ = ["check_class", "cfg_eps_model", "guided_velocity"]

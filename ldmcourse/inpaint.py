@@ -10,12 +10,14 @@ the images.
 
 - **Replacement** (Song et al. 2021, appendix I; "RePaint without resampling"): after each step
   t → t', overwrite the known region with a fresh forward sample of the original,
-  x_{t'} ← keep ⊙ (√ᾱ_{t'} x₀ + √(1-ᾱ_{t'}) ε) + (1 - keep) ⊙ x_{t'}   (RePaint eq. 8).
-  Note ᾱ_{t'} is the level of the step the sampler *actually* reached: with strided sampling
-  (50 of 1000 steps) it is the next visited timestep, not t-1.
+  x_{t'} ← keep ⊙ (α_{t'} x₀ + σ_{t'} ε) + (1 - keep) ⊙ x_{t'}   (RePaint eq. 8; α = √ᾱ, σ = √(1-ᾱ)).
+  Note t' is the level the sampler *actually* reached: with strided sampling (50 of 1000 steps) it
+  is the next visited timestep, not t-1. The levels come from the process (:mod:`ldmcourse.sde`), so
+  this works on a DDPM schedule and on the VP, sub-VP and VE SDEs alike.
 - **RePaint resampling**: the unknown region only sees the known one through the network, and one
   pass harmonises them poorly. Every ``jump_length`` steps, go back up from t_b to t_a with the
-  forward process q(x_{t_a} | x_{t_b}) = N(√(ᾱ_a/ᾱ_b) x, (1 - ᾱ_a/ᾱ_b) I) and re-run that segment,
+  forward process q(x_{t_a} | x_{t_b}) = N(α_{a|b} x, σ²_{a|b} I) (:func:`~ldmcourse.conversions.transition`)
+  and re-run that segment,
   ``resample`` times in all (RePaint's j and r). The last step, to clean data, runs once.
 - **Unconditional baseline** (``method="none"``): sample freely, paste the known region at the end.
 
@@ -28,15 +30,38 @@ the original in pixel space.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .schedules import Schedule, make_timesteps
+from . import conversions as conv
+from .samplers import SamplerChoice
+from .sde import as_process
+from .utils import randn_like
 
 METHODS = ("replace", "repaint", "none")
 MASKS = ("box", "half", "strokes")
+
+
+@dataclass
+class InpaintOptions(SamplerChoice):
+    """The options of ``ldmcourse inpaint`` (flags generated from these fields); sampler, steps and spacing
+    default to the model's (its DiffusionConfig)."""
+
+    method: str = field(default="repaint", metadata={"help": "replace | repaint | none"})
+    jump_length: int = field(default=5, metadata={"help": "RePaint: steps per segment (j)"})
+    resample: int = field(default=5, metadata={"help": "RePaint: runs of each segment (r)"})
+    n: int = field(default=4, metadata={"help": "inpaintings per image"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.method not in METHODS:
+            raise ValueError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
+        for name in ("jump_length", "resample", "n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,57 +151,48 @@ def blend(x: torch.Tensor, x_known: torch.Tensor, keep: torch.Tensor) -> torch.T
 # the wrappers
 # ------------------------------------------------------------------------------------------------
 
-def _level(t) -> float:
-    """A timestep as a number; None or < 0 (the sampler's final step to clean data) -> -1.
-    Continuous-time samplers (``adaptive``) may report fractional training indices."""
+def _level(process, t) -> tuple[float, float]:
+    """(α, σ) at time ``t`` of ``process``; (1, 0) at clean data: t None, the process's clean time (the
+    sampler's final step), or a negative index. Fractional indices (``adaptive``) are interpolated."""
     if t is None:
-        return -1
+        return 1.0, 0.0
     t = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
-    return t if t >= 0 else -1
+    if t == process.clean_time or (not process.continuous and t < 0):
+        return 1.0, 0.0
+    a, s = process.marginal(torch.tensor(t, dtype=torch.float64))
+    return float(a), float(s)
 
 
-def alpha_bar(schedule: Schedule, t: float) -> float:
-    """ᾱ_t; for a fractional index, log ᾱ interpolated linearly between its neighbours; 1 for t < 0."""
-    if t < 0:
-        return 1.0
-    lo = min(int(math.floor(t)), schedule.T - 1)
-    hi, w = min(lo + 1, schedule.T - 1), t - lo
-    log_ab = schedule.alphas_cumprod.log()
-    return math.exp((1 - w) * float(log_ab[lo]) + w * float(log_ab[hi]))
+def noise_to(x0: torch.Tensor, t, schedule, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A sample of q(x_t | x_0) = N(α_t x_0, σ_t² I) (DDPM eq. 4) for a Schedule or an SDE; clean time returns x_0."""
+    a, s = _level(as_process(schedule), t)
+    return x0 if s == 0 else conv.marginal(x0, randn_like(x0, generator), a, s)
 
 
-def noise_to(x0: torch.Tensor, t: float, schedule: Schedule, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A sample of q(x_t | x_0) = N(√ᾱ_t x_0, (1-ᾱ_t) I) (eq. 4 of DDPM); t = -1 returns x_0."""
-    if t < 0:
-        return x0
-    ab = alpha_bar(schedule, t)
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    return math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps
+def renoise(x: torch.Tensor, t_from, t_to, schedule, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Go back up the chain: a sample of q(x_{t_to} | x_{t_from}) = N(α_{to|from} x, σ²_{to|from} I) for
+    t_to > t_from (RePaint's time travel)."""
+    process = as_process(schedule)
+    a_ts, var = conv.transition(*_level(process, t_to), *_level(process, t_from))
+    return a_ts * x + math.sqrt(var) * randn_like(x, generator)
 
 
-def renoise(x: torch.Tensor, t_from: float, t_to: float, schedule: Schedule, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Go back up the chain: a sample of q(x_{t_to} | x_{t_from}) for t_to > t_from (RePaint's time travel)."""
-    ratio = alpha_bar(schedule, t_to) / alpha_bar(schedule, t_from)  # ᾱ_a / ᾱ_b
-    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return math.sqrt(ratio) * x + math.sqrt(1 - ratio) * eps
-
-
-def replacement_callback(x_known: torch.Tensor, keep: torch.Tensor, schedule: Schedule,
+def replacement_callback(x_known: torch.Tensor, keep: torch.Tensor, schedule,
                          generator: torch.Generator | None = None, user_callback: Callable | None = None) -> Callable:
     """The sampler callback of the replacement method: known region ← fresh q(x_{t_next} | x₀)."""
-    keep = keep.to(x_known)
+    keep, process = keep.to(x_known), as_process(schedule)
 
     def cb(i, t, t_next, x, x0_pred):
         if user_callback is not None:
             out = user_callback(i, t, t_next, x, x0_pred)
             x = out if isinstance(out, torch.Tensor) else x
-        return blend(x, noise_to(x_known, _level(t_next), schedule, generator), keep)
+        return blend(x, noise_to(x_known, t_next, process, generator), keep)
 
     return cb
 
 
 @torch.no_grad()
-def inpaint(sampler: Callable, eps_model: Callable, x_known: torch.Tensor, keep: torch.Tensor, schedule: Schedule,
+def inpaint(sampler: Callable, eps_model: Callable, x_known: torch.Tensor, keep: torch.Tensor, schedule,
             steps: int = 50, generator: torch.Generator | None = None, method: str = "replace",
             jump_length: int = 10, resample: int = 1, timesteps: torch.Tensor | None = None,
             spacing: str = "leading", x_T: torch.Tensor | None = None, callback: Callable | None = None,
@@ -184,8 +200,8 @@ def inpaint(sampler: Callable, eps_model: Callable, x_known: torch.Tensor, keep:
     """Fill the region where ``keep == 0`` of ``x_known`` (B, C, H, W) with ``sampler`` and ``eps_model``.
 
     ``method``: ``replace`` | ``repaint`` (``jump_length`` j, ``resample`` r; r = 1 is ``replace``) |
-    ``none`` (unconditional baseline). ``options`` go to the sampler (e.g. ``eta``). Returns images
-    whose known region equals ``x_known``.
+    ``none`` (unconditional baseline). ``schedule``: a DDPM Schedule or an SDE of :mod:`ldmcourse.sde`.
+    ``options`` go to the sampler (e.g. ``eta``). Returns images whose known region equals ``x_known``.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)}")
@@ -194,16 +210,17 @@ def inpaint(sampler: Callable, eps_model: Callable, x_known: torch.Tensor, keep:
                          f"got {tuple(keep.shape)}; build it with box_mask/half_mask/stroke_mask(size={x_known.shape[-1]})")
     if resample < 1 or jump_length < 1:
         raise ValueError(f"resample={resample} and jump_length={jump_length} must be >= 1")
-    ts = make_timesteps(schedule.T, steps, spacing) if timesteps is None else torch.as_tensor(timesteps).long()
+    process = as_process(schedule)
+    ts = process.default_times(steps, spacing) if timesteps is None else process.check_times(timesteps)
     keep = keep.to(x_known)
-    if x_T is None:
-        x_T = torch.randn(x_known.shape, generator=generator, device=x_known.device, dtype=x_known.dtype)
+    if x_T is None:  # the prior N(0, σ_T² I); σ_T = 1 for a DDPM schedule (as sample_chunked)
+        x_T = (process.prior_std() if process.continuous else 1.0) * randn_like(x_known, generator)
     if method == "none":
         x = sampler(eps_model, x_T, schedule, steps=len(ts), generator=generator, timesteps=ts,
                     callback=callback, final_step=True, **options)
         return blend(x, x_known, keep)
     cb = replacement_callback(x_known, keep, schedule, generator, callback)
-    x = blend(x_T, noise_to(x_known, int(ts[0]), schedule, generator), keep)  # x_T at timesteps[0]
+    x = blend(x_T, noise_to(x_known, ts[0], process, generator), keep)  # x_T at timesteps[0]
     if method == "replace" or resample == 1:
         x = sampler(eps_model, x, schedule, steps=len(ts), generator=generator, timesteps=ts,
                     callback=cb, final_step=True, **options)
@@ -219,7 +236,7 @@ def inpaint(sampler: Callable, eps_model: Callable, x_known: torch.Tensor, keep:
             x = sampler(eps_model, x, schedule, steps=len(seg), generator=generator, timesteps=seg,
                         callback=cb, final_step=final, **options)
             if u < resample - 1:  # time travel: x_{t_b} -> x_{t_a}
-                x = renoise(x, int(seg[-1]), int(seg[0]), schedule, generator)
+                x = renoise(x, seg[-1], seg[0], process, generator)
         if last:
             break
         a = b
@@ -228,7 +245,7 @@ def inpaint(sampler: Callable, eps_model: Callable, x_known: torch.Tensor, keep:
 
 @torch.no_grad()
 def inpaint_latent(sampler: Callable, eps_model: Callable, x_known: torch.Tensor, keep: torch.Tensor,
-                   schedule: Schedule, encode: Callable[[torch.Tensor], torch.Tensor],
+                   schedule, encode: Callable[[torch.Tensor], torch.Tensor],
                    decode: Callable[[torch.Tensor], torch.Tensor], factor: int, **kwargs) -> torch.Tensor:
     """Inpainting in latent space: ``encode`` (x -> scaled latent), :func:`inpaint` on latents with the
     mask min-pooled by ``factor``, ``decode``, then paste the known pixels back (the final blend)."""
@@ -247,5 +264,5 @@ def masked_mse(x: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> tor
     return (((x - target) ** 2) * hole).flatten(1).sum(1) / hole.flatten(1).sum(1).clamp_min(1)
 
 
-__all__ = ["METHODS", "MASKS", "box_mask", "half_mask", "stroke_mask", "load_mask", "make_mask", "latent_mask",
-           "blend", "alpha_bar", "noise_to", "renoise", "replacement_callback", "inpaint", "inpaint_latent", "masked_mse"]
+__all__ = ["METHODS", "MASKS", "InpaintOptions", "box_mask", "half_mask", "stroke_mask", "load_mask", "make_mask", "latent_mask",
+           "blend", "noise_to", "renoise", "replacement_callback", "inpaint", "inpaint_latent", "masked_mse"]

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from .diffusion import as_eps_model, diffusion_loss
-from .guidance import cfg_eps_model
+from .guidance import cfg_eps_model, check_class
 from .inpaint import inpaint_latent
 from .samplers import get_sampler, sample_chunked
 from .schedules import Schedule
@@ -79,7 +79,7 @@ class FirstStage(nn.Module):
     def _guess(model) -> str:
         if model is None:
             return "identity"
-        if hasattr(model, "latent_shapes") and hasattr(model, "dec_comb"):
+        if hasattr(model, "top_posterior"):
             return "nvae"
         if hasattr(model, "decode_mean"):
             return "vae"
@@ -131,25 +131,16 @@ class FirstStage(nn.Module):
             return self.model.decode_mean(z.flatten(1))  # (B, c, h, w) -> (B, d) -> image
         return self._nvae_decode_top(z)
 
-    # --- NVAE: the top group z_1 is the latent; q(z_1 | x) = N(Δμ, Δσ) relative to p(z_1) = N(0, I)
+    # --- NVAE: the top group z_1 is the latent; q(z_1 | x) = N(μ, σ) (p(z_1) = N(0, I))
     def _nvae_encode_top(self, x, generator, sample):
-        from .autoencoders.nvae import soft_clamp
-
-        m = self.model
-        d_mu, d_log_sig = (soft_clamp(t) for t in m.posterior[0](m.encode(x)[0]).chunk(2, dim=1))  # 2 x (B, Z, h, w)
+        mu, log_sigma = self.model.top_posterior(x)  # 2 x (B, Z, h, w)
         if not sample:
-            return d_mu.contiguous()
-        eps = torch.randn(d_mu.shape, generator=generator, device=d_mu.device, dtype=d_mu.dtype)
-        return (d_mu + d_log_sig.exp() * eps).contiguous()
+            return mu.contiguous()
+        return (mu + log_sigma.exp() * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)).contiguous()
 
     def _nvae_decode_top(self, z1):
-        m = self.model
-        s = m.dec_comb[0](m.h0.expand(z1.shape[0], -1, -1, -1), z1)
-        for l in range(1, m.n_groups):  # finer groups at their conditional prior means (temperature 0)
-            s = m._step_down(l, s)
-            mu_p, _ = m._prior(l, s)
-            s = m.dec_comb[l](s, mu_p)
-        return torch.sigmoid(m.out(m.post(s))) * 2 - 1  # Bernoulli mean, in [-1, 1]
+        # finer groups at their conditional prior means (NVAE's temperature-0 sampling, given z_1)
+        return torch.sigmoid(self.model.sample(z1.shape[0], temperature=0.0, z_top=z1)) * 2 - 1  # Bernoulli mean, in [-1, 1]
 
 
 class LatentDiffusion(nn.Module):
@@ -223,6 +214,7 @@ def latent_eps_model(model: LatentDiffusion, schedule: Schedule, prediction: str
                      guidance: float | None = None, uncond=None) -> Callable:
     """The ε-model a sampler sees: prediction type converted, and classifier-free guidance if ``y`` is given."""
     net = model.unet
+    check_class(y, getattr(model.config, "num_classes", None))
     if y is not None:
         scale = 1.0 if guidance is None else guidance
         if uncond is None and getattr(model.config, "num_classes", None):

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .conversions import posterior_coefficients, posterior_variance
+
 SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
 
 
@@ -93,7 +95,9 @@ def schedule_from_betas(betas: torch.Tensor, name: str = "custom") -> Schedule:
     alphas = 1.0 - betas
     ac = torch.cumprod(alphas, 0)
     ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
-    post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
+    a, s, a_prev, s_prev = ac.sqrt(), (1.0 - ac).sqrt(), ac_prev.sqrt(), (1.0 - ac_prev).sqrt()
+    post_var = posterior_variance(a, s, a_prev, s_prev)  # β̃_t for the step t -> t-1
+    coef_x0, coef_xt = posterior_coefficients(a, s, a_prev, s_prev)
     return Schedule(
         name=name,
         betas=betas,
@@ -106,8 +110,8 @@ def schedule_from_betas(betas: torch.Tensor, name: str = "custom") -> Schedule:
         log_snr=torch.log(ac) - torch.log1p(-ac),
         posterior_variance=post_var,
         posterior_log_variance_clipped=torch.log(torch.cat([post_var[1:2], post_var[1:]])),
-        posterior_mean_coef1=betas * ac_prev.sqrt() / (1.0 - ac),
-        posterior_mean_coef2=(1.0 - ac_prev) * alphas.sqrt() / (1.0 - ac),
+        posterior_mean_coef1=coef_x0,
+        posterior_mean_coef2=coef_xt,
     )
 
 

@@ -1,5 +1,6 @@
 """Diffusion as a stochastic differential equation (Song et al. 2021, "Score-Based Generative Modeling
-through SDEs"): the forward SDE, its marginals, the prior, and the score <-> ε conversion.
+through SDEs"): the forward SDE, its marginals and the prior (the score <-> ε conversion lives in
+:mod:`ldmcourse.conversions` and is re-exported here).
 
 Every process here has a *linear* drift, dx = f(t) x dt + g(t) dw, so its marginal is Gaussian,
 
@@ -27,17 +28,8 @@ import math
 
 import torch
 
-from .schedules import Schedule, ve_sigma, vp_marginal
-
-
-def score_from_eps(eps: torch.Tensor, sigma) -> torch.Tensor:
-    """∇ log p_t(x) = -ε / σ_t (σ_t = √(1-ᾱ_t) for VP; σ(t) for VE)."""
-    return -eps / sigma
-
-
-def eps_from_score(score: torch.Tensor, sigma) -> torch.Tensor:
-    """ε = -σ_t ∇ log p_t(x)  (the seed's ε = -√(1-ᾱ_t) s, for VP)."""
-    return -sigma * score
+from .conversions import eps_from_score, score_from_eps  # noqa: F401  (re-exported: the SDE view of ε)
+from .schedules import Schedule, make_timesteps, ve_sigma, vp_marginal
 
 
 def _f64(t) -> torch.Tensor:
@@ -219,8 +211,6 @@ class DiscreteVP(_Process):
         return ac.sqrt(), (1 - ac).sqrt()
 
     def default_times(self, steps: int, spacing: str = "leading") -> list[int]:
-        from .schedules import make_timesteps
-
         return make_timesteps(self.schedule.T, steps, spacing).tolist()
 
     def check_times(self, times) -> list[int]:

@@ -86,3 +86,28 @@ def test_dynamic_binarize_is_bernoulli():
     b = dynamic_binarize(x, torch.Generator().manual_seed(0))
     assert set(b.unique().tolist()) <= {0.0, 1.0}
     assert abs(b.mean().item() - 0.75) < 0.01
+
+
+def test_fashion_mnist_bundled_subset_when_nothing_else(no_network, tmp_path, monkeypatch, capsys):
+    """A fresh offline machine (no torchvision copy, no Debian package) gets the bundled subset, and is told."""
+    import ldmcourse.data as data
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
+    train, test = load_dataset("fashion-mnist", "train", root=tmp_path), load_dataset("fashion-mnist", "test", root=tmp_path)
+    out = capsys.readouterr().out
+    assert "NOTICE" in out and "bundled" in out and "apt-get install dataset-fashion-mnist" in out
+    assert (len(train), len(test)) == (10_000, 2_000) and train.shape == (1, 32, 32)
+    assert train.name == "fashion-mnist" and "bundled subset" in train.info.source
+    assert torch.bincount(train.labels).tolist() == [1000] * 10 and torch.bincount(test.labels).tolist() == [200] * 10
+    assert train.classes[9] == "Ankle boot"
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_DIR.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_bundled_subset_is_the_real_images_at_its_indices():
+    from ldmcourse.data import BUNDLED_FASHION_DIR
+
+    for prefix in ("train", "t10k"):
+        idx = np.loadtxt(BUNDLED_FASHION_DIR / f"{prefix}-indices.txt", dtype=np.int64)
+        full_x, full_y = (read_idx(DEBIAN_FASHION_DIR / f"{prefix}-{k}-idx{d}-ubyte.gz") for k, d in (("images", 3), ("labels", 1)))
+        sub_x, sub_y = (read_idx(BUNDLED_FASHION_DIR / f"{prefix}-{k}-idx{d}-ubyte.gz") for k, d in (("images", 3), ("labels", 1)))
+        assert np.array_equal(full_x[idx], sub_x) and np.array_equal(full_y[idx], sub_y)

@@ -265,3 +265,84 @@ def test_cli_train_sample_eval_ddpm(tmp_path, monkeypatch, capsys):
     assert res["n"] == 8 and res["n_t"] == 3 and res["bpd"] > 0
     assert main(["train", "ddpm", "--profile", "smoke", "--out", str(tmp_path / "bad"), "--prediction", "score"]) == 2
     assert "choose one of eps, x0, v" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# DiffusionConfig, the previous config layout, and the sample/inpaint options (issue 12)
+# ----------------------------------------------------------------------------------------------
+
+def test_diffusion_config_validates_and_is_shared_by_ddpm_and_ldm():
+    from ldmcourse.diffusion import DiffusionConfig
+    from ldmcourse.recipes.ddpm import DDPMConfig
+    from ldmcourse.recipes.ldm import LDMConfig
+
+    names = set(DiffusionConfig.__dataclass_fields__)
+    assert names <= set(DDPMConfig.__dataclass_fields__) and names <= set(LDMConfig.__dataclass_fields__)
+    assert LDMConfig(weighting="min_snr", gamma=5.0).loss_kwargs()["weighting"] == "min_snr"  # ldm: loss options too
+    for bad, match in ((dict(T=1), "--T 1"), (dict(sample_steps=0), "--sample-steps 0"), (dict(sample_steps=2000), "between 1"),
+                       (dict(spacing="middle"), "--spacing"), (dict(sampler="magic"), "--sampler"), (dict(p_uncond=1.0), "--p-uncond"),
+                       (dict(gamma=0.0), "--gamma"), (dict(weighting="x"), "--weighting")):
+        with pytest.raises(ValueError, match=match):
+            DiffusionConfig(**bad)
+    with pytest.raises(ValueError, match="num-classes"):
+        DDPMConfig(p_uncond=0.1)
+
+
+def test_previous_config_layout_loads_through_the_migration(tmp_path):
+    """A checkpoint of the previous layout (LDMConfig with diffusion_steps, no loss/sampling fields) loads with
+    its T, and samples exactly like the same weights saved in the current layout."""
+    from ldmcourse.checkpoint import load_checkpoint, save_checkpoint
+    from ldmcourse.cli import load_model, main
+    from ldmcourse.recipes import get_recipe
+
+    cfg = get_recipe("ldm").config({"first_stage": "none", "schedule": "cosine", "diffusion_steps": 200, "prediction": "v"})
+    assert (cfg.T, cfg.schedule, cfg.prediction, cfg.loss, cfg.weighting) == (200, "cosine", "v", "l2", "simple")
+    out = tmp_path / "ldm"
+    assert main(["train", "ldm", "--first-stage", "none", "--profile", "smoke", "--steps", "2", "--n-train", "32", "--T", "200",
+                 "--out", str(out), "--progress", "false", "--device", "cpu"]) == 0
+    ck = load_checkpoint(out / "checkpoint.pt")
+    new_fields = ("T", "loss", "weighting", "gamma", "variance", "sampler", "sample_steps", "spacing")
+    ck["meta"]["model_config"] = {**{k: v for k, v in ck["meta"]["model_config"].items() if k not in new_fields},
+                                  "diffusion_steps": 200}
+    save_checkpoint(tmp_path / "old.pt", ck)
+    old, old_meta, recipe = load_model(tmp_path / "old.pt", torch.device("cpu"))
+    new, new_meta, _ = load_model(out / "checkpoint.pt", torch.device("cpu"))
+    assert recipe.config(old_meta["model_config"]).T == 200
+    a = recipe.sample(old, old_meta, 2, torch.Generator().manual_seed(0), "cpu", steps=3)
+    b = recipe.sample(new, new_meta, 2, torch.Generator().manual_seed(0), "cpu", steps=3)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_cli_sample_and_inpaint_refuse_nonsense(tmp_path, capsys):
+    """Issue 12: bad --option keys and values, zero counts and an out-of-range class are one-line errors (exit 2)."""
+    from ldmcourse.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "ddpm", "--profile", "smoke", "--out", str(out), "--steps", "2", "--n-train", "32", "--num-classes", "10",
+                 "--p-uncond", "0.1", "--progress", "false", "--device", "cpu"]) == 0
+    ckpt, png = str(out / "checkpoint.pt"), str(tmp_path / "s.png")
+    capsys.readouterr()
+    for args, msg in ((["--option", "eta=abc"], "--option eta='abc': expected a value of type float"),
+                      (["--option", "etta=0.5"], "has no option 'etta'; its options are eta, clip_x0"),
+                      (["--sampler", "ddpm", "--steps", "0"], "--steps 0 must be >= 1"),
+                      (["--class", "10"], "this model has classes 0..9"), (["--n", "0"], "--n 0 must be >= 1"),
+                      (["--spacing", "middle"], "--spacing 'middle'"), (["--guidance", "2"], "add --class C")):
+        assert main(["sample", "--ckpt", ckpt, "--out", png, "--device", "cpu", *args]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and msg in err and "\n" not in err, (args, err)
+    assert main(["inpaint", "--ckpt", ckpt, "--image", "test:0", "--mask", "box", "--out", png, "--n", "0"]) == 2
+    assert "--n 0 must be >= 1" in capsys.readouterr().err
+    assert main(["eval", "--ckpt", ckpt, "--metric", "bpd", "--option", "nt=3"]) == 2
+    assert "has no such option" in capsys.readouterr().err
+    # what is valid runs: a class with guidance; inpainting a ddpm with another sampler
+    assert main(["sample", "--ckpt", ckpt, "--out", png, "--device", "cpu", "--n", "2", "--class", "9", "--guidance", "2"]) == 0
+    assert main(["inpaint", "--ckpt", ckpt, "--image", "test:0", "--mask", "half", "--out", png, "--n", "2", "--steps", "3",
+                 "--sampler", "heun", "--method", "replace", "--device", "cpu"]) == 0
+    # a model without a diffusion process refuses sampler flags and classes instead of echoing them
+    vae = tmp_path / "vae"
+    assert main(["train", "vae", "--profile", "smoke", "--out", str(vae), "--steps", "2", "--progress", "false", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(vae / "checkpoint.pt"), "--out", png, "--sampler", "ddim", "--steps", "5"]) == 2
+    assert "one decoder pass: --sampler ddim, --steps 5 do(es) not apply" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(vae / "checkpoint.pt"), "--out", png, "--class", "1"]) == 2
+    assert "takes no --class" in capsys.readouterr().err

@@ -193,7 +193,7 @@ def test_ddpm_sample_uses_the_recorded_grid(tiny_teacher):
     assert seen == [990, 400]
     seen.clear()
     recipe.sample(model, meta, 2, torch.Generator().manual_seed(0), "cpu", sampler="ddim", steps=3, callback=cb)
-    assert seen == make_timesteps(1000, 3, "trailing").tolist()
+    assert seen == make_timesteps(1000, 3, "leading").tolist()  # the config's default grid (DiffusionConfig.spacing)
 
 
 def test_cli_distill_bad_input(tiny_teacher, tmp_path, capsys):

@@ -10,6 +10,7 @@ from torch import nn
 
 from ldmcourse import flow
 from ldmcourse.analytic import GaussianMixture
+from ldmcourse.guidance import guided_velocity
 from ldmcourse.conversions import (eps_to_velocity, score_to_velocity, velocity_to_eps, velocity_to_score, velocity_to_x0,
                                    x0_to_velocity)
 
@@ -220,7 +221,7 @@ def test_guided_velocity_is_the_cfg_combination():
     x, t = torch.randn(5, 2), torch.full((5,), 0.4)
     with torch.no_grad():
         vc, vu = net(x, t, torch.full((5,), 2)), net(x, t, torch.full((5,), 3))
-        torch.testing.assert_close(flow.guided_velocity(net, 2, 2.5)(x, t), vu + 2.5 * (vc - vu), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(guided_velocity(net, 2, 2.5)(x, t), vu + 2.5 * (vc - vu), rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,7 +317,7 @@ def test_bad_input_gets_clear_errors():
     with pytest.raises(ValueError, match="strictly monotone"):
         flow.heun(MLP(), torch.zeros(1, 2), [1.0, 0.5, 0.7])
     with pytest.raises(ValueError, match="class-conditional"):
-        flow.guided_velocity(MLP(), 1, 2.0)
+        guided_velocity(MLP(), 1, 2.0)
     with pytest.raises(ValueError, match="unknown t sampling"):
         flow.sample_t(4, "beta")
     with pytest.raises(ValueError, match="unknown flow sampler"):

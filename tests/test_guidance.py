@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ldmcourse.guidance import cfg_eps_model
+from ldmcourse.guidance import cfg_eps_model, check_class
 
 K = 3  # classes; label K is the null class
 
@@ -63,3 +63,15 @@ def test_with_the_course_unet():
         torch.testing.assert_close(cfg_eps_model(net, y, 1.0)(x, t), e_c)
         torch.testing.assert_close(cfg_eps_model(net, y, 0.0)(x, t), e_u)
         torch.testing.assert_close(cfg_eps_model(net, y, 4.0, uncond=K)(x, t), e_u + 4.0 * (e_c - e_u), atol=1e-5, rtol=1e-4)
+
+
+def test_check_class_names_the_valid_range():
+    check_class(None, None)
+    check_class(9, 10)
+    check_class(torch.tensor([0, 9]), 10)
+    with pytest.raises(ValueError, match=r"--class 10 is out of range: this model has classes 0\.\.9"):
+        check_class(10, 10)
+    with pytest.raises(ValueError, match="--class -1 is out of range"):
+        check_class(torch.tensor([3, -1]), 10)
+    with pytest.raises(ValueError, match="class-conditional"):
+        check_class(0, None)

@@ -22,7 +22,7 @@ def test_alpha_bar_monotone_from_one_to_zero(name):
 @pytest.mark.parametrize("name,diffusers_name", [("linear", "linear"), ("cosine", "squaredcos_cap_v2"),
                                                  ("quadratic", "scaled_linear"), ("sigmoid", "sigmoid")])
 def test_betas_match_diffusers(name, diffusers_name):
-    from diffusers import DDPMScheduler
+    DDPMScheduler = pytest.importorskip("diffusers").DDPMScheduler
 
     ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule=diffusers_name, beta_start=1e-4, beta_end=0.02)
     torch.testing.assert_close(betas_for(name, 1000).float(), ref.betas, atol=1e-8, rtol=1e-5)
@@ -47,6 +47,40 @@ def test_derived_quantities():
         make_schedule("cosinus")
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         schedule_from_betas(torch.tensor([0.1, 1.5]))
+
+
+@pytest.mark.parametrize("name,diffusers_name", [("linear", "linear"), ("cosine", "squaredcos_cap_v2")])
+def test_posterior_matches_diffusers(name, diffusers_name):
+    """β̃_t and the posterior mean of q(x_{t-1} | x_t, x_0) against diffusers' DDPMScheduler (its "fixed_small"
+    variance and the μ̃ of its step with the model's x̂_0 given): an implementation we did not write."""
+    diffusers = pytest.importorskip("diffusers")
+    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=diffusers_name, variance_type="fixed_small",
+                                  clip_sample=False, prediction_type="sample")
+    s = make_schedule(name, 1000)
+    ts = [1, 2, 10, 100, 500, 998, 999]
+    torch.testing.assert_close(s.posterior_variance[ts].float(), torch.stack([ref._get_variance(t) for t in ts]),
+                               rtol=1e-3, atol=1e-12)  # diffusers computes in float32
+    g = torch.Generator().manual_seed(0)
+    x0, xt = torch.randn(2, 1, 3, 3, generator=g), torch.randn(2, 1, 3, 3, generator=g)
+    ref.set_timesteps(1000)
+    for t in (1, 300, 999):
+        # diffusers adds σ z for t > 0: with its variance replaced by 0 its step returns μ̃
+        ref._get_variance = lambda *a, **k: torch.tensor(0.0)
+        mean = ref.step(x0, t, xt).prev_sample
+        ours = s.posterior_mean_coef1[t].float() * x0 + s.posterior_mean_coef2[t].float() * xt
+        torch.testing.assert_close(ours, mean, rtol=1e-3, atol=1e-3)  # diffusers re-derives β_t from float32 ᾱ
+
+
+def test_karras_sigmas_match_diffusers():
+    """EDM's σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ against diffusers' _convert_to_karras."""
+    diffusers = pytest.importorskip("diffusers")
+    sch = diffusers.EulerDiscreteScheduler(num_train_timesteps=1000)
+    in_sigmas = torch.tensor([80.0, 1.0, 0.002])
+    for n in (2, 10, 37):
+        ref = torch.as_tensor(sch._convert_to_karras(in_sigmas=in_sigmas, num_inference_steps=n), dtype=torch.float64)
+        torch.testing.assert_close(karras_sigmas(n, 0.002, 80.0), ref, rtol=1e-5, atol=1e-8)
+    k = karras_sigmas(10)
+    assert bool((k[1:] < k[:-1]).all())  # strictly decreasing
 
 
 def test_at_broadcasts_on_device_and_dtype():
@@ -75,7 +109,7 @@ def test_seed_schedules_are_not_the_usual_ones():
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 @pytest.mark.parametrize("steps", [1, 7, 50, 1000])
 def test_timesteps_match_diffusers(spacing, steps):
-    from diffusers import DDIMScheduler
+    DDIMScheduler = pytest.importorskip("diffusers").DDIMScheduler
 
     ref = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
     ref.set_timesteps(steps)

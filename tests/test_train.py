@@ -148,3 +148,148 @@ def test_bf16_autocast_on_cpu_and_fp16_refused(tmp_path):
     assert math.isfinite(res.history[-1]["loss"])
     with pytest.raises(ValueError, match="fp16.*CUDA"):
         fit(Toy(), noisy_loss, toy_data(), cfg(steps=3, amp="fp16"), meta=META)
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 12: resume means resume, no lost work (fit-level, so notebooks get it too)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, named", [(dict(lr=5e-3), "lr 0.01 -> 0.005"), (dict(warmup=5), "warmup 3 -> 5"),
+                                           (dict(batch_size=8), "batch_size 16 -> 8"), (dict(seed=1), "seed 0 -> 1"),
+                                           (dict(grad_clip=0.5), "grad_clip 1.0 -> 0.5")])
+def test_resume_refuses_changed_settings_unless_reset_optimizer(tmp_path, change, named):
+    first = fit(Toy(), noisy_loss, toy_data(), cfg(steps=4), out_dir=tmp_path, meta=META)
+    with pytest.raises(CheckpointMismatch, match=named + ".*--reset-optimizer"):
+        fit(Toy(), noisy_loss, toy_data(), cfg(steps=8, **change), out_dir=tmp_path, meta=META, resume=True)
+    # --reset-optimizer: the weights and the EMA go on from the checkpoint, with a fresh warm-up at the new values
+    seen = {}
+    res = fit(Toy(), noisy_loss, toy_data(), cfg(steps=6, **change), out_dir=tmp_path, meta=META, resume=True,
+              reset_optimizer=True, callbacks=[lambda step, rec: seen.setdefault(step, rec["lr"])])
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert res.step == 6 and ck["lr_phase_start"] == 4 and list(ck["resets"][0]["changed"]) == [named.split()[0]]
+    c = cfg(steps=6, **change)
+    assert seen[6] == pytest.approx(c.lr * lr_lambda(c, start=4)(2))  # two steps into the new schedule
+    assert not torch.equal(res.model.net[0].weight, first.model.net[0].weight)
+
+
+def test_resume_refuses_other_data_and_allows_free_fields(tmp_path):
+    fit(Toy(), noisy_loss, toy_data(), cfg(steps=2), out_dir=tmp_path, meta={**META, "dataset": "a"})
+    with pytest.raises(CheckpointMismatch, match="dataset 'a' -> 'b'"):
+        fit(Toy(), noisy_loss, toy_data(), cfg(steps=4), out_dir=tmp_path, meta={**META, "dataset": "b"}, resume=True)
+    res = fit(Toy(), noisy_loss, toy_data(), cfg(steps=4, log_every=1, ckpt_every=3, sample_every=2), out_dir=tmp_path,
+              meta={**META, "dataset": "a"}, resume=True)
+    assert res.step == 4
+
+
+def test_fresh_run_into_a_used_folder_is_refused(tmp_path):
+    fit(Toy(), noisy_loss, toy_data(), cfg(steps=3), out_dir=tmp_path, meta=META)
+    with pytest.raises(ValueError, match="already holds a run .*step 3.*--overwrite"):
+        fit(Toy(), noisy_loss, toy_data(), cfg(steps=2), out_dir=tmp_path, meta=META)
+    fit(Toy(), noisy_loss, toy_data(), cfg(steps=2), out_dir=tmp_path, meta=META, overwrite=True)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+def test_signal_saves_the_current_step_and_resume_is_exact(tmp_path):
+    import os
+    import signal
+
+    from ldmcourse.train import TrainingInterrupted
+
+    torch.manual_seed(0)
+    straight = fit(Toy(), noisy_loss, toy_data(), cfg(steps=10), out_dir=tmp_path / "a", meta=META)
+    calls = {"n": 0}
+
+    def interrupted_at_3(model, batch, gen):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during step 3: it finishes, is saved, then stops
+        return noisy_loss(model, batch, gen)
+
+    torch.manual_seed(0)
+    with pytest.raises(TrainingInterrupted, match=r"SIGINT at step 3: saved .*checkpoint.pt") as e:
+        fit(Toy(), interrupted_at_3, toy_data(), cfg(steps=10), out_dir=tmp_path / "b", meta=META)
+    assert isinstance(e.value, KeyboardInterrupt) and e.value.step == 3
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 3 and not (tmp_path / "b" / ".lock").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    resumed = fit(Toy(), noisy_loss, toy_data(), cfg(steps=10), out_dir=tmp_path / "b", meta=META, resume=True)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
+class BN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 1, 3, padding=1), nn.BatchNorm2d(1)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def test_nan_guard_checks_buffers_and_the_ema(tmp_path):
+    calls = {"n": 0}
+
+    def buffer_blows_up(model, batch, gen):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the loss stays finite; only BatchNorm's running variance breaks
+            model.bn.running_var.fill_(float("inf"))
+        return noisy_loss(model, batch, gen)
+
+    with pytest.raises(NonFiniteLossError, match=r"model's bn.running_var is not finite at step 6; kept the last good"):
+        fit(BN(), buffer_blows_up, toy_data(), cfg(steps=10, ckpt_every=2), out_dir=tmp_path, meta=META)
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ck["step"] == 4 and torch.isfinite(ck["model"]["bn.running_var"]).all()
+    assert all(torch.isfinite(v).all() for v in ck["ema"].values() if v.is_floating_point())
+
+
+def test_metrics_log_in_step_order_and_temp_files_removed(tmp_path):
+    fit(Toy(), noisy_loss, toy_data(), cfg(steps=10, log_every=1), out_dir=tmp_path, meta=META, stop_after=4)
+    with (tmp_path / "metrics.jsonl").open("a") as f:  # a process killed after its checkpoint logged steps 5, 6
+        f.write('{"step": 5, "loss": 1.0}\n{"step": 6, "loss": 1.0}\n{"step": 7, "lo')
+    (tmp_path / "checkpoint.pt.1a2b3c4d.tmp").write_bytes(b"half a checkpoint")  # killed mid-write
+    fit(Toy(), noisy_loss, toy_data(), cfg(steps=10, log_every=1), out_dir=tmp_path, meta=META, resume=True)
+    import json
+
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == list(range(1, 11))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
+
+
+def test_checkpoint_mode_follows_the_umask(tmp_path):
+    import os
+    import stat
+
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600)):
+        old = os.umask(umask)
+        try:
+            save_checkpoint(tmp_path / f"c{umask}.pt", {"meta": {}, "model": {}})
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE((tmp_path / f"c{umask}.pt").stat().st_mode) == mode
+
+
+def test_malicious_checkpoint_is_refused_without_suggesting_weights_only_false(tmp_path):
+    import os
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"meta": {}, "model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="arbitrary code") as e:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "weights_only" not in str(e.value) and "system" in str(e.value) and not marker.exists()
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal():
+    import io
+
+    from ldmcourse.utils import Progress
+
+    buf = io.StringIO()  # isatty() is False, like CI logs, nohup and a notebook's captured stderr
+    with Progress(200, "fit", stream=buf) as p:
+        for _ in range(200):
+            p.update(1, loss=0.5)
+    lines = buf.getvalue().splitlines()
+    assert "\r" not in buf.getvalue() and len(lines) == 20  # one line per 5 %
+    assert lines[0].startswith("[fit] 10/200 (5%)") and lines[-1].startswith("[fit] 200/200 (100%)") and "loss=0.5" in lines[-1]

@@ -68,7 +68,7 @@ def test_gradient_checkpointing_same_output_and_grads():
 
 
 def test_timestep_embedding_matches_diffusers():
-    from diffusers.models.embeddings import get_timestep_embedding
+    get_timestep_embedding = pytest.importorskip("diffusers.models.embeddings").get_timestep_embedding
 
     t = torch.tensor([0, 1, 17, 999])
     torch.testing.assert_close(timestep_embedding(t, 32), get_timestep_embedding(t, 32, flip_sin_to_cos=False, downscale_freq_shift=0))
@@ -83,8 +83,26 @@ def test_attention_matches_naive_softmax():
     w = torch.softmax(torch.einsum("bhdn,bhdm->bhnm", q, k) / 2.0, dim=-1)  # / sqrt(d=4)
     out = torch.einsum("bhnm,bhdm->bhdn", w, v).reshape(2, 8, 3, 3)
     torch.testing.assert_close(att(x), x + att.proj(out))
+
+
+
+def test_linear_attention_matches_naive_loops():
+    """x + proj(out) with out[:, n] = Σ_m v[:, m] w[m, n], w[m, n] = Σ_d softmax_N(k)[d, m] softmax_d(q)[d, n] / √d,
+    written as loops over heads and positions; each column of w sums to 1/√d (a constant v passes through ×1/√d)."""
+    torch.manual_seed(0)
     lin = LinearAttention(8, head_dim=4, groups=2)
-    assert lin(x).shape == x.shape
+    torch.nn.init.normal_(lin.proj.weight)
+    x = torch.randn(2, 8, 3, 3)
+    q, k, v = lin.qkv(lin.norm(x)).reshape(2, 3, 2, 4, 9).unbind(1)  # (B, h, d, N)
+    out = torch.zeros(2, 2, 4, 9)
+    for b in range(2):
+        for h in range(2):
+            qs, ks = torch.softmax(q[b, h], 0) / 2.0, torch.softmax(k[b, h], 1)  # over d; over N
+            w = torch.stack([torch.stack([(ks[:, m] * qs[:, n]).sum() for n in range(9)]) for m in range(9)])  # (N, N)
+            torch.testing.assert_close(w.sum(0), torch.full((9,), 0.5))
+            for n in range(9):
+                out[b, h, :, n] = (v[b, h] * w[:, n]).sum(1)
+    torch.testing.assert_close(lin(x), x + lin.proj(out.reshape(2, 8, 3, 3)), atol=1e-5, rtol=1e-4)
 
 
 def test_few_steps_lower_denoising_loss():

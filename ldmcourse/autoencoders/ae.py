@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..utils import check_counts, check_range
+
 
 @dataclass
 class ConvAEConfig:
@@ -30,6 +32,10 @@ class ConvAEConfig:
 
     def __post_init__(self):
         self.channels = tuple(self.channels)
+        check_range("in_channels", self.in_channels, 1, integer=True)
+        check_range("image_size", self.image_size, 1, integer=True)
+        check_counts("channels", self.channels)
+        check_range("latent_dim", self.latent_dim, 1, integer=True)
         down = 2 ** len(self.channels)
         if self.image_size % down:
             raise ValueError(f"image_size={self.image_size} must be divisible by 2**len(channels)={down}")
@@ -101,6 +107,8 @@ class MLPAEConfig:
 
     def __post_init__(self):
         self.hidden = tuple(self.hidden)
+        check_range("in_channels", self.in_channels, 1, integer=True)
+        check_range("image_size", self.image_size, 1, integer=True)
         if self.latent_dim < 1 or any(h < 1 for h in self.hidden):
             raise ValueError(f"latent_dim ({self.latent_dim}) and hidden widths {self.hidden} must be >= 1")
 
@@ -175,6 +183,15 @@ class AEConfig:
             raise ValueError(f"arch={self.arch!r}: choose one of {AE_ARCHS}")
         self.channels = tuple(self.channels)
         self.hidden = tuple(self.hidden) if self.hidden is not None else None
+        check_range("in_channels", self.in_channels, 1, integer=True)
+        check_range("image_size", self.image_size, 1, integer=True)
+        check_counts("channels", self.channels)
+        if self.hidden is not None:
+            check_counts("hidden", self.hidden)
+        if self.latent_dim is not None:
+            check_range("latent_dim", self.latent_dim, 1, integer=True, hint="or none for the arch's default")
+        check_range("rotate_deg", self.rotate_deg, 0, 180)
+        check_range("noise_std", self.noise_std, 0, hint="0 turns the input noise off")
 
     def model_config(self) -> ConvAEConfig | MLPAEConfig:
         common = dict(in_channels=self.in_channels, image_size=self.image_size)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from .ae import check_images
 from .perceptual import PerceptualLoss, classifier_features, random_features
+from ..utils import check_counts, check_range
 
 REC_LOSSES = ("l1", "l2")
 
@@ -61,6 +62,14 @@ class KLAutoencoderConfig:
         self.channels = tuple(self.channels)
         if not self.channels:
             raise ValueError("channels must have at least one entry, e.g. (32, 64, 64) for f = 4")
+        check_range("in_channels", self.in_channels, 1, integer=True)
+        check_range("image_size", self.image_size, 1, integer=True)
+        check_counts("channels", self.channels)
+        for name in ("num_res_blocks", "latent_channels", "groups", "disc_channels", "disc_layers"):
+            check_range(name, getattr(self, name), 1, integer=True)
+        for name in ("perceptual_weight", "kl_weight", "disc_weight"):
+            check_range(name, getattr(self, name), 0, hint="0 turns the term off")
+        check_range("disc_start", self.disc_start, 0, integer=True)
         if self.image_size % self.factor:
             raise ValueError(f"image_size={self.image_size} is not divisible by f={self.factor} "
                              f"(= 2**(len(channels)-1) with channels={self.channels})")

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..utils import check_range, randn_like
 from .nvae_cells import Conv2d, DecCombiner, EncCombiner, EncoderCell, GenerativeCell
 
 
@@ -57,6 +58,14 @@ class NVAEConfig:
         self.groups_per_scale = tuple(int(g) for g in self.groups_per_scale)
         if not self.groups_per_scale or min(self.groups_per_scale) < 1:
             raise ValueError(f"groups_per_scale={self.groups_per_scale} needs at least one scale with >= 1 group")
+        check_range("in_channels", self.in_channels, 1, integer=True)
+        check_range("image_size", self.image_size, 1, integer=True)
+        for name in ("channels", "latent_channels", "cells_per_group", "expansion"):
+            check_range(name, getattr(self, name), 1, integer=True)
+        for name in ("n_pre_down", "pre_cells", "kl_warmup_steps", "sr_iters"):
+            check_range(name, getattr(self, name), 0, integer=True)
+        check_range("kl_min_coeff", self.kl_min_coeff, 0, 1)
+        check_range("sr_lambda", self.sr_lambda, 0, hint="0 turns the spectral regulariser off")
         down = 2 ** (self.n_pre_down + len(self.groups_per_scale) - 1)
         if self.image_size % down:
             raise ValueError(
@@ -220,12 +229,21 @@ class NVAE(nn.Module):
         return NVAEOutput(self.out(self.post(s)), kl, log_q, log_p, zs)
 
     @torch.no_grad()
+    def top_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log sigma) of q(z_1 | x) for the top group (p(z_1) = N(0, I): the residual is the posterior)."""
+        mu, log_sigma = (soft_clamp(t) for t in self.posterior[0](self.encode(x)[0]).chunk(2, dim=1))
+        return mu, log_sigma
+
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
-               return_latents: bool = False):
+               return_latents: bool = False, z_top: torch.Tensor | None = None):
         """Ancestral sampling z_l = mu_p + t * sigma_p * eps down the top-down path -> logits (n, C, H, W).
 
+        ``generator``: one, or one per sample (then sample i depends only on generator i; in eval mode
+        BatchNorm uses its running statistics, so the batch size changes nothing).
+
         ``temperature`` t scales every group's prior standard deviation (t = 0: each z_l is its prior
-        mean). With ``return_latents``, also returns the lists of z_l and of prior means.
+        mean; no noise is drawn). ``z_top`` (n, *latent_shapes[0]): the top group given instead of drawn.
+        With ``return_latents``, also returns the lists of z_l and of prior means.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -234,8 +252,13 @@ class NVAE(nn.Module):
         for l in range(self.n_groups):
             s = self._step_down(l, s)
             mu_p, log_sig_p = self._prior(l, s)
-            eps = torch.randn(mu_p.shape, generator=generator, device=mu_p.device, dtype=mu_p.dtype)
-            z = mu_p + temperature * torch.exp(log_sig_p) * eps
+            if l == 0 and z_top is not None:
+                z = z_top
+            elif temperature == 0:
+                z = mu_p
+            else:
+                eps = randn_like(mu_p, generator)
+                z = mu_p + temperature * torch.exp(log_sig_p) * eps
             zs.append(z)
             mus.append(mu_p)
             s = self.dec_comb[l](s, z)

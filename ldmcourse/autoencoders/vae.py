@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ae import augment, check_images, mlp_layers
+from ..utils import check_counts, check_range, randn_like
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 ARCHS = ("mlp", "conv")
@@ -66,8 +67,16 @@ class VAEConfig:
         if self.arch == "conv" and self.image_size % 2 ** len(self.channels):
             raise ValueError(f"image_size={self.image_size} must be divisible by 2**len(channels)={2 ** len(self.channels)} "
                              "(28 works with 2 stages, 32 with up to 5)")
-        if self.latent_dim < 1 or self.beta < 0 or self.obs_std <= 0:
-            raise ValueError(f"need latent_dim >= 1, beta >= 0, obs_std > 0 (got {self.latent_dim}, {self.beta}, {self.obs_std})")
+        check_range("in_channels", self.in_channels, 1, integer=True)
+        check_range("image_size", self.image_size, 1, integer=True)
+        check_counts("hidden", self.hidden)
+        check_counts("channels", self.channels)
+        check_range("latent_dim", self.latent_dim, 1, integer=True)
+        check_range("beta", self.beta, 0, hint="1 gives the ELBO")
+        check_range("obs_std", self.obs_std, 0, lo_open=True)
+        check_range("kl_warmup", self.kl_warmup, 0, integer=True, hint="0: no warm-up")
+        check_range("rotate_deg", self.rotate_deg, 0, 180)
+        check_range("noise_std", self.noise_std, 0)
 
 
 class VAE(nn.Module):
@@ -129,10 +138,11 @@ class VAE(nn.Module):
         return self.decode(z), mu, logvar, z
 
     @torch.no_grad()
-    def sample_prior(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """n images in [-1, 1] decoded from z ~ N(0, I) (the decoder's mean, not a Bernoulli draw)."""
+    def sample_prior(self, n: int, generator=None, device=None) -> torch.Tensor:
+        """n images in [-1, 1] decoded from z ~ N(0, I) (the decoder's mean, not a Bernoulli draw).
+        ``generator``: one, or one per sample (then image i depends only on generator i)."""
         device = device if device is not None else next(self.parameters()).device
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=device)
+        z = randn_like(torch.empty(n, self.cfg.latent_dim, device=device), generator)
         return self.decode_mean(z)
 
 

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from ..conversions import bcast
 from ..sde import DiscreteVP, VPSDE, _f64, _Process, as_process
-from ..utils import append_dims
 
 
 class GaussianPath(_Process):
@@ -52,7 +52,7 @@ class GaussianPath(_Process):
         t = _f64(t).cpu()
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        return tuple(append_dims(c.to(device=x.device, dtype=x.dtype), x.ndim) for c in self.coefficients(t))
+        return tuple(bcast(c, x) for c in self.coefficients(t))  # each (B,) -> (B, 1, ..., 1)
 
     def sample(self, x0: torch.Tensor, eps: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_t, u_t): the point on the conditional path and the velocity target at times t (B,).

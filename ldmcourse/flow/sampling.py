@@ -10,6 +10,7 @@ encodes) and integrates dx/dt = v(x, t) along it, one update per interval, h = t
 
 On the linear path Euler is DDIM (both are exact for a velocity constant along the step); see the tests.
 ``callback(i, t, t_next, x, v)`` runs after every step (v: the velocity used at its start).
+Classifier-free guidance of a velocity model: :func:`ldmcourse.guidance.guided_velocity`.
 """
 
 from __future__ import annotations
@@ -124,18 +125,5 @@ def eps_from_velocity(velocity_model: VelocityModel, path):
     return eps
 
 
-def guided_velocity(model, y, scale: float, num_classes: int | None = None, batched: bool = True) -> VelocityModel:
-    """Classifier-free guidance for a class-conditional velocity model ``model(x, t, y)``:
-    ṽ = v(x, t, ∅) + s (v(x, t, y) - v(x, t, ∅)) (Ho & Salimans 2021, eq. 6 written for velocities: the
-    combination is linear, so it is the same on v, ε or x₀). The null class is K = ``num_classes``."""
-    from ..guidance import cfg_eps_model
-
-    K = num_classes if num_classes is not None else getattr(getattr(model, "config", None), "num_classes", None)
-    if K is None:
-        raise ValueError("classifier-free guidance needs a class-conditional model (UNetConfig.num_classes = K, "
-                         "trained with p_uncond > 0) or num_classes=; this model is unconditional")
-    return cfg_eps_model(lambda x, t, y=None: model(x, t, y), y, scale, uncond=K, batched=batched)
-
-
 __all__ = ["time_grid", "check_times", "euler", "heun", "midpoint", "FLOW_SAMPLERS", "NFE_PER_STEP", "get_flow_sampler",
-           "velocity_from_eps", "eps_from_velocity", "guided_velocity"]
+           "velocity_from_eps", "eps_from_velocity"]

@@ -4,13 +4,15 @@
 - :mod:`.blocks`: ResNet block (GroupNorm, SiLU, time injection, dropout), ConvNeXt block,
   down/up-sampling.
 - :mod:`.attention`: full (softmax) self-attention and linear attention over pixels.
+- :mod:`.cross_attention`: multi-head attention over a context of tokens (text conditioning, the DiT).
 
 Every block with a time input is called ``block(x, emb)``; the others ``block(x)``.
 """
 
 from .attention import Attention, LinearAttention
+from .cross_attention import CrossAttention, SpatialCrossAttention
 from .blocks import ConvNeXtBlock, Downsample, ResBlock, Upsample, group_norm
 from .embeddings import TimeEmbedding, timestep_embedding
 
-__all__ = ["Attention", "LinearAttention", "ConvNeXtBlock", "Downsample", "ResBlock", "Upsample", "group_norm",
+__all__ = ["Attention", "LinearAttention", "CrossAttention", "SpatialCrossAttention", "ConvNeXtBlock", "Downsample", "ResBlock", "Upsample", "group_norm",
            "TimeEmbedding", "timestep_embedding"]

@@ -9,7 +9,7 @@ import torch
 
 from ..autoencoders.ae import AEConfig, ae_loss, build_ae
 from ..metrics import mse, psnr
-from . import Recipe
+from . import Recipe, metric_options
 
 SIZES = {
     "smoke": {"fit": dict(steps=20, batch_size=32, warmup=5, log_every=5), "model": dict(channels=(8, 16, 32)), "data": dict(n_train=256)},
@@ -18,7 +18,7 @@ SIZES = {
 }
 
 
-def picture(model, data, device, generator):
+def picture(model, cfg, data, device, generator):
     """Originals (top rows) over their reconstructions (bottom rows)."""
     x, _ = data.get_batch(torch.arange(min(32, len(data))))
     x = x.to(device)
@@ -27,6 +27,7 @@ def picture(model, data, device, generator):
     return torch.cat([x, x_hat]).cpu(), "reconstructions.png"
 
 
+@metric_options()
 @torch.no_grad()
 def recon_metric(model, meta, test_data, device, options):
     x, _ = test_data.tensors()

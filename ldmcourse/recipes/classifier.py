@@ -16,11 +16,11 @@ import torch
 
 from ..classifier import Classifier, ClassifierConfig, accuracy, classification_loss, load_classifier
 from ..metrics import extract_features, fid_report
-from . import Recipe
+from . import Recipe, metric_options
 
 SIZES = {
     "smoke": {"fit": dict(steps=30, batch_size=64, lr=2e-3, warmup=5, log_every=10, ema_decay=None),
-              "model": dict(channels=(8, 16, 32)), "data": dict(n_train=512)},
+              "model": dict(channels=(8, 16, 32)), "data": dict(n_train=512), "eval": {"floor": dict(n=200, n_boot=10)}},
     "cpu": {"fit": dict(steps=400, batch_size=128, lr=2e-3, weight_decay=0.05, warmup=30, log_every=50, ema_decay=0.99),
             "model": dict(channels=(16, 32, 64))},
     "gpu": {"fit": dict(steps=6000, batch_size=256, lr=2e-3, weight_decay=0.05, warmup=300, log_every=100, ema_decay=0.999),
@@ -28,7 +28,7 @@ SIZES = {
 }
 
 
-def picture(model, data, device, generator):
+def picture(model, cfg, data, device, generator):
     """Test digits; the misclassified ones (up to 32) when there are any."""
     x, y = data.get_batch(torch.arange(min(512, len(data))))
     with torch.no_grad():
@@ -37,6 +37,7 @@ def picture(model, data, device, generator):
     return (x[wrong] if len(wrong) else x[:32]), "misclassified.png"
 
 
+@metric_options()
 @torch.no_grad()
 def accuracy_metric(model, meta, test_data, device, options):
     x, y = test_data.tensors()
@@ -51,6 +52,7 @@ def _train_features(meta: dict, net: Classifier, device, n: int, seed: int) -> t
     return extract_features(net, x, device=device)
 
 
+@metric_options(n_boot=(int, 1))
 @torch.no_grad()
 def floor_metric(model, meta, test_data, device, options):
     """Real-vs-real FID/KID of this classifier: ``n`` training images against the test images."""
@@ -66,6 +68,22 @@ def default_classifier_path(dataset: str) -> Path:
     return Path(os.environ.get("LDMCOURSE_CLASSIFIER", f"runs/classifier-{dataset}/checkpoint.pt"))
 
 
+def _zoo_classifier(meta: dict) -> Path | None:
+    """The checkpoint of the zoo's trained ``classifier-DATASET`` at the model's profile, if there is one."""
+    from .. import zoo
+
+    name = f"classifier-{meta['dataset']}"
+    if name not in zoo.ENTRIES:
+        return None
+    try:
+        r = zoo.resolve(name, meta.get("profile"))
+    except (ValueError, KeyError):
+        return None
+    return r.checkpoint if zoo.status(r) == "trained" else None
+
+
+@metric_options(passes_rest=True, classifier=(str, None), sampler=(str, None), steps=(int, 1), batch_size=(int, 1),
+                n_boot=(int, 1))
 @torch.no_grad()
 def fid_metric(model, meta, test_data, device, options):
     """Sample ``len(test_data)`` images from ``model`` with its recipe and compare them to the test set.
@@ -77,10 +95,12 @@ def fid_metric(model, meta, test_data, device, options):
 
     opts = dict(options)
     path = Path(opts.pop("classifier", default_classifier_path(meta["dataset"])))
+    if not path.exists() and "classifier" not in options:  # else the zoo's, when it is trained
+        path = _zoo_classifier(meta) or path
     if not path.exists():
         raise FileNotFoundError(f"no feature classifier at {path}; train one first: "
                                 f"ldmcourse train classifier --dataset {meta['dataset']} --out {path.parent} "
-                                "(or pass --option classifier=PATH)")
+                                f"or `ldmcourse zoo train classifier-{meta['dataset']}` (or pass --option classifier=PATH)")
     net, cmeta = load_classifier(path, device)
     if cmeta["dataset"] != meta["dataset"] or list(cmeta["image_shape"]) != list(meta["image_shape"]):
         raise ValueError(f"the classifier at {path} was trained on {cmeta['dataset']} {cmeta['image_shape']}, "
@@ -94,12 +114,14 @@ def fid_metric(model, meta, test_data, device, options):
     n_boot = int(opts.pop("n_boot", 50))
     n = len(test_data)
     g = torch.Generator(device=device).manual_seed(seed)
-    sampler, steps, bs = opts.pop("sampler", "ddim"), int(opts.pop("steps", 50)), int(opts.pop("batch_size", 256))
-    samples = recipe.sample(model, meta, n, g, device, sampler=sampler, steps=steps, batch_size=bs, **opts)
+    bs = int(opts.pop("batch_size", 256))
+    # None: the model's own sampler, steps and grid (its DiffusionConfig, or a distilled checkpoint's grid)
+    sampler, steps = recipe.sampling_choice(meta, opts.get("sampler"), opts.get("steps"), opts.get("spacing"))
+    samples = recipe.sample(model, meta, n, g, device, batch_size=bs, **opts)
     x, _ = test_data.tensors()
     rep = fid_report(extract_features(net, samples, device=device), extract_features(net, x, device=device),
                      _train_features(meta, net, device, n, seed), n_boot=n_boot, seed=seed)
-    return rep | {"sampler": sampler, "steps": steps, "classifier": str(path)}
+    return rep | ({"sampler": sampler, "steps": steps} if recipe.takes_sampler else {}) | {"classifier": str(path)}
 
 
 RECIPES = {

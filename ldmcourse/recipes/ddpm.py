@@ -6,8 +6,9 @@
     ldmcourse eval --ckpt runs/ddpm/checkpoint.pt --metric sample_fd --n 1000 --option steps=100
     ldmcourse distill --teacher runs/ddpm/checkpoint.pt --steps 8 --out runs/ddpm_distilled8   (see ldmcourse.distill)
 
-The model config :class:`DDPMConfig` is the U-Net's config plus the process (schedule, T, prediction
-type, loss, weighting, p_uncond, sampling variance), so every field is a CLI flag. Metrics:
+The model config :class:`DDPMConfig` is the U-Net's config plus the process
+(:class:`~ldmcourse.diffusion.DiffusionConfig`: schedule, T, prediction, loss, weighting, p_uncond,
+variance and the sampling defaults), so every field is a CLI flag. Metrics:
 
 - ``bpd``: −ELBO in bits/dim on the test set (L_0 discretised decoder + Σ L_{t-1} + L_T);
   ``--option n_t=K`` (default 50) estimates the sum over t from K stratified indices (unbiased;
@@ -29,45 +30,39 @@ from dataclasses import dataclass
 
 import torch
 
-from ..diffusion import LOSSES, PREDICTIONS, VARIANCES, WEIGHTINGS, as_eps_model, vlb_bpd
-from ..schedules import SCHEDULES, make_schedule
+from ..configs import from_dict
+from ..diffusion import DiffusionConfig, as_eps_model, vlb_bpd
+from ..distill import sampling_grid
+from ..guidance import cfg_eps_model, check_class
+from ..metrics import frechet_distance, gaussian_stats
+from ..samplers import check_options
 from ..unet import UNet, UNetConfig
 from . import Recipe
 from .classifier import fid_metric
 
 
 @dataclass
-class DDPMConfig(UNetConfig):
-    """The U-Net (all of :class:`UNetConfig`) plus the diffusion process it is trained for."""
+class DDPMConfig(UNetConfig, DiffusionConfig):
+    """The U-Net (all of :class:`UNetConfig`) plus the diffusion process it is trained for (:class:`DiffusionConfig`)."""
 
-    schedule: str = "linear"
-    T: int = 1000
-    prediction: str = "eps"  # eps | x0 | v
-    loss: str = "l2"  # l1 | l2 | huber
-    weighting: str = "simple"  # simple | sigma2 | sigma | snr | min_snr
-    gamma: float = 5.0  # exponent of snr, clip of min_snr
-    p_uncond: float = 0.0  # label dropout (class-conditional models)
-    variance: str = "beta"  # ancestral sampling / bound: beta | beta_tilde
-    clip_x0: float | None = 1.0  # clip x̂0 to [-c, c] while sampling images (None: off)
+    clip_x0: float | None = 1.0  # clip x̂0 to [-c, c] in DDPM ancestral sampling of images (None: off)
 
     def __post_init__(self):
-        super().__post_init__()
-        for name, value, choices in (("schedule", self.schedule, SCHEDULES), ("prediction", self.prediction, PREDICTIONS),
-                                     ("loss", self.loss, LOSSES), ("weighting", self.weighting, WEIGHTINGS),
-                                     ("variance", self.variance, VARIANCES)):
-            if value not in choices:
-                raise ValueError(f"--{name} {value!r} is not known; choose one of {', '.join(choices)}")
+        UNetConfig.__post_init__(self)
+        DiffusionConfig.__post_init__(self)
+        if self.p_uncond and not self.num_classes:
+            raise ValueError("--p-uncond > 0 needs a class-conditional model: add --num-classes K")
+        if self.clip_x0 is not None and self.clip_x0 <= 0:
+            raise ValueError(f"--clip-x0 {self.clip_x0} must be > 0 (or none)")
 
     def unet_config(self) -> UNetConfig:
-        return UNetConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(UNetConfig)})
-
-    def make_schedule(self):
-        return make_schedule(self.schedule, self.T)
+        return from_dict(UNetConfig, dataclasses.asdict(self))
 
 
 SIZES = {
     "smoke": {"fit": dict(steps=20, batch_size=16, lr=1e-3, warmup=5, log_every=5),
-              "model": dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention=(2,), head_dim=8, schedule="cosine"),
+              "model": dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention=(2,), head_dim=8, schedule="cosine",
+                            sample_steps=10),
               "data": dict(n_train=256)},
     # ~0.28M parameters, batch 32: about 0.2 CPU-seconds per step, ~5 min on 2 idle cores (measured: see notebook 05)
     "cpu": {"fit": dict(steps=1500, batch_size=32, lr=2e-3, warmup=100, log_every=50, ema_decay=0.995),
@@ -83,9 +78,7 @@ SIZES = {
 
 
 def build(cfg: DDPMConfig) -> UNet:
-    model = UNet(cfg.unet_config())
-    model.ddpm_config = cfg  # plain attribute (not in the state dict): lets picture() find the process
-    return model
+    return UNet(cfg.unet_config())
 
 
 def loss(cfg: DDPMConfig):
@@ -93,51 +86,79 @@ def loss(cfg: DDPMConfig):
 
     from ..diffusion import diffusion_loss
 
-    return partial(diffusion_loss, schedule=cfg.make_schedule(), prediction=cfg.prediction, loss=cfg.loss,
-                   weighting=cfg.weighting, gamma=cfg.gamma, p_uncond=cfg.p_uncond)
+    return partial(diffusion_loss, **cfg.loss_kwargs())
 
 
-def _cfg(model, meta=None) -> DDPMConfig:
-    if meta is not None:
-        from ..cli import config_from_dict
-
-        return config_from_dict(DDPMConfig, meta["model_config"])
-    return model.ddpm_config
+def _cfg(meta) -> DDPMConfig:
+    return RECIPES["ddpm"].config(meta["model_config"])
 
 
-@torch.no_grad()
-def sample(model, meta, n, generator, device, sampler="ddpm", steps=100, batch_size=256, y=None, **options):
-    """``n`` images from ``SAMPLERS[sampler]`` (default DDPM ancestral, ``steps`` respaced steps).
+def class_eps_model(eps, cfg, y, guidance: float | None):
+    """ε-model for class ``y`` (an int) with classifier-free guidance ``guidance`` (None: plain conditional)."""
+    if y is None:
+        if guidance is not None:
+            raise ValueError("--guidance needs a class to guide towards: add --class C")
+        return eps
+    check_class(y, cfg.num_classes)
+    return cfg_eps_model(eps, int(y), 1.0 if guidance is None else guidance, uncond=cfg.num_classes)
 
-    ``y``: a class label for a class-conditional model (default: the null class, i.e. unconditional).
-    A checkpoint written by ``ldmcourse distill`` records its student grid (``meta["distill"]``); at that
-    number of steps it is sampled on that grid. Other options go to the sampler (e.g. ``variance="beta_tilde"``, ``spacing="trailing"``, ``eta=0.5``).
-    """
+
+def sample_with(model, cfg: DDPMConfig, shape, n, generator, device, sampler=None, steps=None, batch_size=256,
+                guidance=None, y=None, meta=None, **options):
+    """``n`` images (n, *shape) from ``SAMPLERS[sampler]``; None means the config's ``sampler`` / ``sample_steps``
+    / ``spacing``. A checkpoint written by ``ldmcourse distill`` (``meta["distill"]``) is sampled on its own grid
+    at its step count (:func:`ldmcourse.distill.sampling_grid`). Options go to the sampler (e.g. ``eta=0.5``)."""
     from ..samplers import sample_chunked
 
-    cfg = _cfg(model, meta)
-    sched = cfg.make_schedule()
-    eps = as_eps_model(model, sched, cfg.prediction)
-    if y is not None:
-        label, net = int(y), eps
-        eps = lambda x, t: net(x, t, torch.full((x.shape[0],), label, device=x.device, dtype=torch.long))  # noqa: E731
+    sampler = sampler or cfg.sampler
+    check_options(sampler, options)
+    steps, grid = sampling_grid(meta, steps)
+    steps = steps or cfg.sample_steps
+    if grid is not None and "timesteps" not in options:
+        options["timesteps"] = grid
     if sampler == "ddpm":
         options = {"variance": cfg.variance, "clip_x0": cfg.clip_x0, **options}
-    options.setdefault("spacing", "trailing")
-    grid = (meta or {}).get("distill")  # a progressively distilled student (ldmcourse distill): sample on its grid
-    if grid and "timesteps" not in options and steps == grid["steps"]:
-        options["timesteps"] = grid["timesteps"]
-    shape = tuple(meta["image_shape"]) if meta is not None else (cfg.in_channels, 32, 32)
+    options.setdefault("spacing", cfg.spacing)
+    sched = cfg.make_schedule()
+    net = class_eps_model(model, cfg, y, guidance)
+    eps = as_eps_model(net, sched, cfg.prediction)
     x = sample_chunked(sampler, eps, shape, n, batch_size, generator, schedule=sched, device=device, steps=steps, **options)
     return x.clamp(-1, 1)
 
 
-def picture(model, data, device, generator):
-    """32 DDPM samples (100 respaced steps) from the EMA model."""
-    c, h, w = data[0][0].shape
-    x = sample(model, {"model_config": dataclasses.asdict(model.ddpm_config), "image_shape": [c, h, w]}, 32, generator, device,
-               steps=100 if model.ddpm_config.base_channels >= 16 else 10, batch_size=32)
+@torch.no_grad()
+def sample(model, meta, n, generator, device, sampler=None, steps=None, batch_size=256, guidance=None, y=None, **options):
+    """The recipe's ``sample``: :func:`sample_with` on the checkpoint's config and image shape."""
+    return sample_with(model, _cfg(meta), tuple(meta["image_shape"]), n, generator, device, sampler, steps, batch_size,
+                       guidance, y, meta=meta, **options)
+
+
+@torch.no_grad()
+def inpaint(model, meta, x_known, keep, generator, device, sampler=None, steps=None, spacing=None, **kwargs):
+    """Used by ``ldmcourse inpaint``: fill ``keep == 0`` of ``x_known`` with any sampler (:func:`ldmcourse.inpaint.inpaint`)."""
+    from ..inpaint import inpaint as fill
+    from ..samplers import get_sampler
+
+    cfg = _cfg(meta)
+    sampler = sampler or cfg.sampler
+    check_options(sampler, {k: v for k, v in kwargs.items() if k not in ("method", "jump_length", "resample")})
+    steps, grid = sampling_grid(meta, steps)  # a distilled student inpaints on the grid it learnt
+    sched = cfg.make_schedule()
+    out = fill(get_sampler(sampler), as_eps_model(model, sched, cfg.prediction), x_known.to(device), keep.to(device), sched,
+               steps=steps or cfg.sample_steps, spacing=spacing or cfg.spacing, timesteps=grid, generator=generator, **kwargs)
+    return out.clamp(-1, 1).cpu()
+
+
+def picture(model, cfg: DDPMConfig, data, device, generator):
+    """32 samples with the config's default sampler, steps and grid, from the EMA model."""
+    x = sample_with(model, cfg, tuple(data[0][0].shape), 32, generator, device, batch_size=32)
     return x.cpu(), "samples.png"
+
+
+def _known(options, allowed, metric) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"--option {unknown[0]}: the {metric} metric has no such option; its options are {', '.join(allowed)}")
 
 
 def _defaults(meta, options, **cpu) -> dict:
@@ -150,7 +171,8 @@ def _defaults(meta, options, **cpu) -> dict:
 def bpd_metric(model, meta, test_data, device, options):
     """−ELBO in bits/dim on (up to ``max_n`` = 500 of) the test set; ``--option n_t=K`` stratified
     indices for Σ L_{t-1} (default 50; ``null`` = all T-1 terms, T model calls per image)."""
-    cfg = _cfg(model, meta)
+    cfg = _cfg(meta)
+    _known(options, ("n_t", "max_n", "seed", "variance", "batch_size"), "bpd")
     opts = _defaults(meta, options, n_t=(50, 5), max_n=(500, 32))
     sched = cfg.make_schedule()
     x, _ = test_data.tensors()
@@ -169,20 +191,11 @@ def pca_basis(x: torch.Tensor, k: int = 32) -> tuple[torch.Tensor, torch.Tensor]
     return mean, v[:k].T
 
 
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½) between Gaussian fits of feature rows a, b."""
-    import scipy.linalg
-
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    ca, cb = torch.cov(a.T).numpy(), torch.cov(b.T).numpy()
-    covmean = scipy.linalg.sqrtm(ca @ cb).real
-    return float(((mu_a - mu_b) ** 2).sum()) + float(ca.trace() + cb.trace() - 2 * covmean.trace())
-
-
 def pixel_pca_fd(samples: torch.Tensor, reference: torch.Tensor, basis) -> float:
+    """Fréchet distance (:func:`ldmcourse.metrics.frechet_distance`) of Gaussian fits in the PCA basis."""
     mean, comps = basis
-    f = lambda x: (x.flatten(1).double() - mean) @ comps  # noqa: E731
-    return frechet_distance(f(samples), f(reference))
+    f = lambda x: gaussian_stats((x.flatten(1).double() - mean) @ comps)  # noqa: E731
+    return frechet_distance(*f(samples), *f(reference))
 
 
 @torch.no_grad()
@@ -195,6 +208,7 @@ def sample_fd_metric(model, meta, test_data, device, options):
     n = min(len(test_data), int(opts.pop("max_n")))
     g = torch.Generator(device=device).manual_seed(int(opts.pop("seed", 0)))
     k = int(opts.pop("k", 32))
+    opts.setdefault("sampler", "ddpm")
     x = sample(model, meta, n, g, device, **opts).cpu()
     train = load_dataset(meta["dataset"], "train", size=meta["image_shape"][-1], root=meta.get("data_root"), download=False)
     tr, _ = train.tensors()
@@ -210,6 +224,6 @@ RECIPES = {
     "ddpm": Recipe(
         name="ddpm", model_config=DDPMConfig, build=build, loss=loss, sizes=SIZES, picture=picture, sample=sample,
         metrics={"bpd": bpd_metric, "sample_fd": sample_fd_metric, "fid": fid_metric, "kid": fid_metric},
-        description="pixel-space DDPM with a U-Net (ε, x0 or v prediction)",
+        description="pixel-space DDPM with a U-Net (ε, x0 or v prediction)", inpaint=inpaint, guidance=True,
     ),
 }

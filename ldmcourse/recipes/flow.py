@@ -11,7 +11,8 @@ latents of a course first stage: ``ldmcourse train flow``.
     ldmcourse sample --ckpt runs/flow-2rf-1step/checkpoint.pt --sampler euler --steps 1 --out one_step.png
 
 The model is a :class:`ldmcourse.latent.LatentDiffusion` (a frozen first stage, read as ``train ldm``
-reads it, plus the U-Net; ``--first-stage none``, the default, is pixel space). The U-Net predicts the velocity v(x_t, t); it is called with 1000·t (``time_scale``), the range its
+reads it, plus the U-Net; ``--first-stage none``, the default, is pixel space; ``--first-stage auto`` is
+the zoo's first stage for the dataset, as for ``train ldm``). The U-Net predicts the velocity v(x_t, t); it is called with 1000·t (``time_scale``), the range its
 sinusoidal embedding was built for (SD3 does the same). Samplers: ``euler``, ``heun``, ``midpoint``
 integrate the velocity from t = 1 to 0 (NFE = steps, 2·steps, 2·steps); any other name of
 ``ldmcourse.samplers.SAMPLERS`` (ddim, dpm_solver++_2m, …) runs on the path as a process, on the
@@ -30,8 +31,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..flow import FLOW_SAMPLERS, PATHS, T_SAMPLINGS, eps_from_velocity, get_flow_sampler, guided_velocity, make_path, time_grid
+from ..configs import from_dict
+from ..flow import FLOW_SAMPLERS, PATHS, T_SAMPLINGS, eps_from_velocity, get_flow_sampler, make_path, time_grid
+from ..guidance import check_class, guided_velocity
+from ..samplers import SAMPLERS
 from ..unet import UNet, UNetConfig
+from ..utils import check_range
 from . import Recipe
 from .classifier import fid_metric
 
@@ -41,7 +46,7 @@ class FlowConfig(UNetConfig):
     """The U-Net (all of :class:`UNetConfig`), the first stage (as in ``LDMConfig``) and the probability path."""
 
     image_size: int = 32
-    first_stage: str = "none"  # checkpoint of a first stage (kl-autoencoder, vae, nvae), or "none": pixels
+    first_stage: str = "none"  # checkpoint of a first stage (kl-autoencoder, vae, nvae); "auto": the zoo's (ldmcourse.zoo); "none": pixels
     first_stage_kind: str = ""  # filled in from the checkpoint
     first_stage_config: str = ""  # filled in: the first stage's config as JSON
     latent_shape: tuple[int, ...] = ()  # filled in: (c, h, w)
@@ -54,6 +59,8 @@ class FlowConfig(UNetConfig):
     p_uncond: float = 0.0  # label dropout (class-conditional models)
     time_scale: float = 1000.0  # the network sees time_scale·t
     shift: float = 1.0  # sampling-grid shift t -> s t / (1 + (s - 1) t) (SD3 eq. 23)
+    sampler: str = "euler"  # default sampler: euler | heun | midpoint (the velocity ODE) or any ldmcourse.samplers name
+    sample_steps: int = 50  # default sampler steps (NFE = steps for euler, 2·steps for heun / midpoint)
     # reflow / one-step distillation (Liu et al. 2022): start from a trained flow and train on its own pairs
     reflow_from: str = ""  # a flow checkpoint (the teacher): its architecture, path, first stage and weights are copied
     reflow_pairs: int = 10_000  # (sample, noise) pairs drawn from the teacher's ODE
@@ -65,24 +72,33 @@ class FlowConfig(UNetConfig):
     def __post_init__(self):
         super().__post_init__()
         self.latent_shape = tuple(self.latent_shape)
-        if self.p_uncond and not self.num_classes:
-            raise ValueError("p_uncond > 0 needs a class-conditional model: add --num-classes K")
-        if self.one_step and not self.reflow_from:
-            raise ValueError("--one-step distils a trained flow on its own pairs: give --reflow-from CKPT")
-        if self.reflow_from and (self.reflow_pairs < 1 or self.reflow_ode_steps < 1):
-            raise ValueError(f"--reflow-pairs {self.reflow_pairs} and --reflow-ode-steps {self.reflow_ode_steps} must be >= 1")
-        for name, value, choices in (("path", self.path, PATHS), ("t-sampling", self.t_sampling, T_SAMPLINGS)):
+        for name, value, choices in (("path", self.path, PATHS), ("t-sampling", self.t_sampling, T_SAMPLINGS),
+                                     ("sampler", self.sampler, (*FLOW_SAMPLERS, *SAMPLERS))):
             if value not in choices:
                 raise ValueError(f"--{name} {value!r} is not known; choose one of {', '.join(choices)}")
+        check_range("p_uncond", self.p_uncond, 0.0, 1.0, hi_open=True)
+        if self.p_uncond and not self.num_classes:
+            raise ValueError("p_uncond > 0 needs a class-conditional model: add --num-classes K")
+        for name in ("t_scale", "time_scale", "shift"):
+            check_range(name, getattr(self, name), 0.0, lo_open=True)
+        check_range("sample_steps", self.sample_steps, 1, integer=True)
+        if self.one_step and not self.reflow_from:
+            raise ValueError("--one-step distils a trained flow on its own pairs: give --reflow-from CKPT")
+        if self.reflow_from:
+            check_range("reflow_pairs", self.reflow_pairs, 1, integer=True)
+            check_range("reflow_ode_steps", self.reflow_ode_steps, 1, integer=True)
+            if not self.teacher_config and self.first_stage not in ("", "none"):  # before the first build
+                raise ValueError(f"--first-stage {self.first_stage}: a reflowed student inherits its teacher's first stage "
+                                 "(and path, architecture, weights); drop --first-stage")
 
     def unet_config(self) -> UNetConfig:
-        return UNetConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(UNetConfig)})
+        return from_dict(UNetConfig, dataclasses.asdict(self))
 
 
 # the same network and budget as pixel DDPM (recipes/ddpm.py), for paired comparisons
 SIZES = {
     "smoke": {"fit": dict(steps=20, batch_size=16, lr=1e-3, warmup=5, log_every=5),
-              "model": dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention=(2,), head_dim=8),
+              "model": dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention=(2,), head_dim=8, sample_steps=10),
               "data": dict(n_train=256)},
     "cpu": {"fit": dict(steps=1500, batch_size=32, lr=2e-3, warmup=100, log_every=50, ema_decay=0.995),
             "model": dict(base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attention=(4,), head_dim=16),
@@ -120,7 +136,6 @@ def build(cfg: FlowConfig):
     model = LatentDiffusion(fs, UNet(cfg.unet_config()), scale_factor=scale)
     if state is not None:
         model.load_state_dict(state)  # Liu et al. initialise k+1-rectified flow from k-rectified flow
-    model.flow_config = cfg  # plain attribute (not in the state dict): lets picture() find the path
     return model
 
 
@@ -128,7 +143,7 @@ def build(cfg: FlowConfig):
 def teacher_pairs(cfg: FlowConfig, device) -> tuple[torch.Tensor, ...]:
     """(x, z[, y]): ``reflow_pairs`` latents x = Φ(z) of the teacher's ODE (Heun, ``reflow_ode_steps``), the noise z
     they came from and, for a class-conditional teacher, the uniformly drawn labels y it was conditioned on."""
-    from ..cli import load_model
+    from ..run import load_model
 
     teacher, _, _ = load_model(cfg.reflow_from, torch.device(device))
     g = torch.Generator(device="cpu").manual_seed(cfg.reflow_seed)
@@ -174,17 +189,13 @@ def loss(cfg: FlowConfig):
     return loss_fn
 
 
-def _cfg(model, meta=None) -> FlowConfig:
-    if meta is not None:
-        from ..cli import config_from_dict
-
-        return config_from_dict(FlowConfig, meta["model_config"])
-    return model.flow_config
+def _cfg(meta) -> FlowConfig:
+    return RECIPES["flow"].config(meta["model_config"])
 
 
 def velocity_model(model, cfg: FlowConfig, y=None, guidance: float | None = None):
-    """``v(x, t)`` for path times t from the U-Net (which sees time_scale·t); ``y`` a class label, with
-    ``guidance`` s the classifier-free guidance scale (default 1: plain conditional)."""
+    """``v(x, t)`` for path times t from the U-Net (which sees time_scale·t); ``y`` a class label (int, or one
+    per sample of the batch), with ``guidance`` s the classifier-free guidance scale (default 1: conditional)."""
     net = lambda x, t, y=None: model(x, cfg.time_scale * t.float(), y)  # noqa: E731
     if guidance is not None and y is None:
         raise ValueError("--guidance needs --class C (the label to guide towards)")
@@ -192,7 +203,8 @@ def velocity_model(model, cfg: FlowConfig, y=None, guidance: float | None = None
         return lambda x, t: net(x, t)
     if cfg.num_classes is None:
         raise ValueError("this flow model is unconditional: --class / --guidance need one trained with --num-classes K")
-    return guided_velocity(net, int(y), 1.0 if guidance is None else guidance, num_classes=cfg.num_classes)
+    check_class(y, cfg.num_classes)
+    return guided_velocity(net, y, 1.0 if guidance is None else guidance, num_classes=cfg.num_classes)
 
 
 def _prior(n: int, shape, generator, device, dtype=torch.float32) -> list[torch.Tensor]:
@@ -203,47 +215,59 @@ def _prior(n: int, shape, generator, device, dtype=torch.float32) -> list[torch.
 
 
 @torch.no_grad()
-def sample(model, meta, n, generator, device, sampler="euler", steps=50, batch_size=256, y=None, guidance=None, **options):
+def sample_with(model, cfg: FlowConfig, n, generator, device, sampler=None, steps=None, batch_size=256, y=None,
+                guidance=None, **options):
     """``n`` images. ``euler`` / ``heun`` / ``midpoint``: ``steps`` steps of the velocity ODE on
-    ``time_grid(steps, shift=cfg.shift)`` (option ``shift=``); other samplers: ``ldmcourse.samplers`` on the path."""
-    cfg = _cfg(model, meta)
+    ``time_grid(steps, shift=cfg.shift)`` (option ``shift=``); other samplers: ``ldmcourse.samplers`` on the path.
+    None for ``sampler`` / ``steps`` means the config's. ``y``: None, one label, or (n,) labels."""
+    sampler, steps, batch_size = sampler or cfg.sampler, steps or cfg.sample_steps, batch_size or n
     path = make_path(cfg.path)
-    v = velocity_model(model, cfg, y, guidance)
     shape = tuple(model.latent_shape)
     device = torch.device(device)
+    if isinstance(y, torch.Tensor) and y.ndim == 0:
+        y = int(y)
+    if isinstance(y, torch.Tensor) and y.shape != (n,):
+        raise ValueError(f"y must be one label or {n} labels, got shape {tuple(y.shape)}")
+    chunks = [(a, min(n, a + batch_size)) for a in range(0, n, batch_size)]
+    v_of = lambda a, b: velocity_model(model, cfg, y[a:b].to(device) if isinstance(y, torch.Tensor) else y, guidance)  # noqa: E731
     if sampler in FLOW_SAMPLERS:
         fn = get_flow_sampler(sampler)
         times = options.pop("times", None) or time_grid(steps, path.t_range[1], path.t_range[0], options.pop("shift", cfg.shift))
         if options:
             raise ValueError(f"unknown option(s) {sorted(options)} for flow sampler {sampler!r} (known: shift, times)")
         x_T = _prior(n, shape, generator, device)
-        xs = [model.decode(fn(v, torch.stack(x_T[i:i + batch_size]), times)).cpu() for i in range(0, n, batch_size)]
+        xs = [model.decode(fn(v_of(a, b), torch.stack(x_T[a:b]), times)).cpu() for a, b in chunks]
         return torch.cat(xs).clamp(-1, 1)
     from ..samplers import sample_chunked
 
     options.setdefault("spacing", "linspace")
-    z = sample_chunked(sampler, eps_from_velocity(v, path), shape, n, batch_size, generator, schedule=path, device=device,
-                       out_device=device, prior_std=path.prior_std(), steps=steps, **options)
-    return torch.cat([model.decode(z[a:a + batch_size]).cpu() for a in range(0, n, batch_size)]).clamp(-1, 1)
+    kw = dict(schedule=path, device=device, out_device=device, prior_std=path.prior_std(), steps=steps, **options)
+    if isinstance(y, torch.Tensor):  # per-sample labels: one velocity model per chunk (x_T depends on batch_size)
+        z = torch.cat([sample_chunked(sampler, eps_from_velocity(v_of(a, b), path), shape, b - a, b - a, generator, **kw)
+                       for a, b in chunks])
+    else:
+        z = sample_chunked(sampler, eps_from_velocity(v_of(0, n), path), shape, n, batch_size, generator, **kw)
+    return torch.cat([model.decode(z[a:b]).cpu() for a, b in chunks]).clamp(-1, 1)
 
 
-def picture(model, data, device, generator):
-    """32 samples from the EMA model: 50 Euler steps (10 for smoke-sized nets)."""
-    c, h, w = data[0][0].shape
-    cfg = model.flow_config
-    x = sample(model, {"model_config": dataclasses.asdict(cfg), "image_shape": [c, h, w]}, 32, generator, device,
-               steps=50 if cfg.base_channels >= 16 else 10, batch_size=32)
-    return x.cpu(), "samples.png"
+def sample(model, meta, n, generator, device, sampler=None, steps=None, batch_size=256, y=None, guidance=None, **options):
+    return sample_with(model, _cfg(meta), n, generator, device, sampler, steps, batch_size, y, guidance, **options)
+
+
+def picture(model, cfg: FlowConfig, data, device, generator):
+    """32 samples with the config's default sampler and steps; class-conditional models draw classes 0..K-1 in turn."""
+    y = torch.arange(32) % cfg.num_classes if cfg.num_classes else None
+    return sample_with(model, cfg, 32, generator, device, batch_size=32, y=y), "samples.png"
 
 
 @torch.no_grad()
 def sample_fd_metric(model, meta, test_data, device, options):
     """The pixel-PCA Fréchet distance of the ddpm recipe (a proxy until FID: see ``recipes/ddpm.py``),
-    on this recipe's samples; options ``sampler`` (euler), ``steps`` (50; 5 for smoke), ``max_n`` (1000; 32)."""
+    on this recipe's samples; options ``sampler`` (the config's, euler), ``steps`` (the config's sample_steps; 5 for smoke), ``max_n`` (1000; 32)."""
     from ..data import load_dataset
     from .ddpm import _defaults, pca_basis, pixel_pca_fd
 
-    opts = _defaults(meta, options, steps=(50, 5), max_n=(1000, 32))
+    opts = _defaults(meta, options, steps=(_cfg(meta).sample_steps, 5), max_n=(1000, 32))
     n = min(len(test_data), int(opts.pop("max_n")))
     g = torch.Generator(device=device).manual_seed(int(opts.pop("seed", 0)))
     k = int(opts.pop("k", 32))
@@ -255,7 +279,7 @@ def sample_fd_metric(model, meta, test_data, device, options):
     test, _ = test_data.tensors()
     test = test[:n]
     return {"pixel_pca_fd": pixel_pca_fd(x, test, basis), "floor_train_vs_test": pixel_pca_fd(tr[perm[len(tr) // 2:][:n]], test, basis),
-            "n": n, "steps": opts["steps"], "sampler": opts.get("sampler", "euler")}
+            "n": n, "steps": opts["steps"], "sampler": opts.get("sampler") or _cfg(meta).sampler}
 
 
 RECIPES = {
@@ -263,5 +287,6 @@ RECIPES = {
         name="flow", model_config=FlowConfig, build=build, loss=loss, sizes=SIZES, picture=picture, sample=sample,
         metrics={"sample_fd": sample_fd_metric, "fid": fid_metric, "kid": fid_metric},
         description="flow matching / rectified flow: a velocity U-Net on pixels or on a first stage's latents (--first-stage)",
+        guidance=True,
     ),
 }

@@ -18,18 +18,22 @@ import torch
 
 from ..autoencoders.vae import VAE, VAEConfig, elbo, iwae_nll, prepare_batch, vae_loss
 from ..metrics import bits_per_dim, mse, psnr
-from . import Recipe
+from ..utils import Progress, check_range, per_sample_generators
+from . import Recipe, metric_options, refuse_sampler_options
 from .classifier import fid_metric
 
 SIZES = {
     "smoke": {"fit": dict(steps=30, batch_size=64, lr=2e-3, warmup=5, log_every=10),
-              "model": dict(channels=(8, 16), latent_dim=8), "data": dict(n_train=512, image_size=28)},
+              "model": dict(channels=(8, 16), latent_dim=8), "data": dict(n_train=512, image_size=28),
+              "eval": {"nll": dict(n=64, k=20), "elbo": dict(n=200), "recon": dict(n=200), "fid": dict(n=200), "kid": dict(n=200)}},
     # mnist5k (4,000 train digits), 28x28: a few minutes on 2 idle cores
     "cpu": {"fit": dict(steps=1000, batch_size=128, lr=2e-3, warmup=50, log_every=50, ema_decay=0.995),
-            "model": dict(channels=(16, 32), latent_dim=16, kl_warmup=200), "data": dict(image_size=28)},
+            "model": dict(channels=(16, 32), latent_dim=16, kl_warmup=200), "data": dict(image_size=28),
+            "eval": {"nll": dict(n=100, k=1000)}},  # the notebooks' protocol (k=1000 decodes 1000x per image)
     # full MNIST (60,000), 28x28; target: test NLL (IWAE k=1000) <= 86 nats. Not measured (no GPU lent).
     "gpu": {"fit": dict(steps=100_000, batch_size=128, lr=1e-3, warmup=1000, log_every=500, ema_decay=0.9995),
-            "model": dict(channels=(64, 128), latent_dim=32, kl_warmup=10_000), "data": dict(dataset="mnist", image_size=28)},
+            "model": dict(channels=(64, 128), latent_dim=32, kl_warmup=10_000), "data": dict(dataset="mnist", image_size=28),
+            "eval": {"nll": dict(k=1000)}},
 }
 
 
@@ -42,7 +46,7 @@ def _test_batches(model: VAE, test_data, device, seed: int, batch_size: int = 25
         yield target, g
 
 
-def picture(model, data, device, generator):
+def picture(model, cfg, data, device, generator):
     """Rows: 16 test originals (as the model sees them), their reconstructions, then 32 samples from the prior."""
     x, _ = data.get_batch(torch.arange(min(16, len(data))))
     _, x = prepare_batch(model.cfg, x.to(device), generator, train=False)
@@ -54,11 +58,18 @@ def picture(model, data, device, generator):
 
 
 @torch.no_grad()
-def sample(model, meta, n, generator, device, batch_size=256, **_):
-    out = [model.sample_prior(min(batch_size, n - i), generator, device=device) for i in range(0, n, batch_size)]
-    return torch.cat(out).cpu()
+def sample(model, meta, n, generator, device, batch_size=256, sampler=None, steps=None, **options):
+    """``n`` decoded prior samples. Sample i's z comes from its own generator (seeded from ``generator``),
+    so the images do not depend on ``batch_size``. A VAE has no sampler: ``sampler``/``steps`` are refused."""
+    refuse_sampler_options("VAE", sampler, steps, options)
+    check_range("batch_size", batch_size, 1, integer=True)
+    gens = per_sample_generators(generator, n, device)
+    out = [model.sample_prior(len(gens[i:i + batch_size]), gens[i:i + batch_size], device=device).cpu()
+           for i in range(0, n, batch_size)]
+    return torch.cat(out)
 
 
+@metric_options()
 @torch.no_grad()
 def elbo_metric(model, meta, test_data, device, options):
     sums = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
@@ -72,18 +83,22 @@ def elbo_metric(model, meta, test_data, device, options):
             "kl_nats": sums["kl"] / n, "n": n}
 
 
+@metric_options(k=(int, 1), chunk=(int, 1), batch_size=(int, 1))
 @torch.no_grad()
 def nll_metric(model, meta, test_data, device, options):
     k, chunk = int(options.get("k", 1000)), int(options.get("chunk", 100))
     total, n = 0.0, 0
-    for x, g in _test_batches(model, test_data, device, options.get("seed", 0), batch_size=int(options.get("batch_size", 100))):
-        total += float(iwae_nll(model, x, k=k, generator=g, chunk=chunk).sum())
-        n += len(x)
+    with Progress(len(test_data), f"nll k={k}") as bar:
+        for x, g in _test_batches(model, test_data, device, options.get("seed", 0), batch_size=int(options.get("batch_size", 100))):
+            total += float(iwae_nll(model, x, k=k, generator=g, chunk=chunk).sum())
+            n += len(x)
+            bar.update(len(x))
     dims = test_data[0][0].numel()
     return {"nll_nats": total / n, "bits_per_dim": bits_per_dim(total / n, dims), "k": k, "n": n,
             "pixels": dims, "likelihood": model.cfg.likelihood}
 
 
+@metric_options()
 @torch.no_grad()
 def recon_metric(model, meta, test_data, device, options):
     xs, recs = [], []
@@ -101,5 +116,6 @@ RECIPES = {
         name="vae", model_config=VAEConfig, build=VAE, loss=vae_loss, sizes=SIZES, picture=picture, sample=sample,
         metrics={"elbo": elbo_metric, "nll": nll_metric, "recon": recon_metric, "fid": fid_metric, "kid": fid_metric},
         description="variational autoencoder (MLP or conv; samples from the prior; ELBO and IWAE NLL)",
+        takes_sampler=False,
     ),
 }

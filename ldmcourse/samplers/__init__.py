@@ -15,15 +15,20 @@ Modules: :mod:`.grid` (shared pieces), :mod:`.discrete` (DDIM, PLMS), :mod:`.dpm
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
+from ..diffusion import ddpm_sample  # DDPM ancestral sampling lives with the DDPM process
 from .continuous import adaptive, euler, euler_maruyama, heun, pc
 from .discrete import ddim, plms
 from .dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver_3, dpm_solver_pp_2m
 
 SAMPLERS: dict[str, Callable] = {
+    "ddpm": ddpm_sample,
     "ddim": ddim,
     "plms": plms,
     "dpm_solver_1": dpm_solver_1,
@@ -36,12 +41,6 @@ SAMPLERS: dict[str, Callable] = {
     "pc": pc,
     "adaptive": adaptive,
 }
-try:  # DDPM ancestral sampling lives with the DDPM process (issue 5); registered here, not copied
-    from ..diffusion import ddpm_sample
-
-    SAMPLERS = {"ddpm": ddpm_sample, **SAMPLERS}
-except ImportError:  # pragma: no cover - only before ldmcourse.diffusion exists
-    pass
 
 DETERMINISTIC = ("ddim", "plms", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpm_solver++_2m", "euler", "heun", "adaptive")
 
@@ -52,6 +51,91 @@ def get_sampler(name_or_fn) -> Callable:
     if name_or_fn not in SAMPLERS:
         raise KeyError(f"unknown sampler {name_or_fn!r}; choose one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name_or_fn]
+
+
+# the arguments every sampler takes (the contract above); everything else is a sampler's own option
+CONTRACT = ("eps_model", "x_T", "schedule", "steps", "generator", "timesteps", "spacing", "callback", "final_step")
+
+
+def sampler_options(name_or_fn) -> dict[str, Any]:
+    """A sampler's own options: {name: type hint}, e.g. ``{"eta": float, "clip_x0": float | None}`` for DDIM."""
+    fn = get_sampler(name_or_fn)
+    hints = typing.get_type_hints(fn)
+    return {n: hints.get(n, Any) for n, p in inspect.signature(fn).parameters.items()
+            if n not in CONTRACT and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _fits(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is None or hint is type(None):
+        return hint is Any or value is None
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_fits(value, a) for a in args)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint) if isinstance(origin or hint, type) else True
+
+
+def check_options(name_or_fn, options: dict[str, Any], extra: tuple[str, ...] = ("spacing", "timesteps", "callback", "final_step")) -> dict[str, Any]:
+    """``options`` if every key is an option of the sampler (or one of ``extra``) with a value of its type,
+    else a ValueError naming the key, the sampler's options and the expected type (issue 12: ``--option eta=abc``)."""
+    name = name_or_fn if isinstance(name_or_fn, str) else getattr(name_or_fn, "__name__", "sampler")
+    allowed = sampler_options(name_or_fn)
+    for k, v in options.items():
+        if k in extra:
+            continue
+        if k not in allowed:
+            raise ValueError(f"--option {k}={v!r}: the {name} sampler has no option {k!r}; "
+                             f"its options are {', '.join(allowed) or '(none)'}")
+        if not _fits(v, allowed[k]):
+            want = getattr(allowed[k], "__name__", None) or str(allowed[k]).replace("typing.", "")
+            raise ValueError(f"--option {k}={v!r}: expected a value of type {want}")
+    return options
+
+
+@dataclass
+class SamplerChoice:
+    """Which sampler, how many steps, which grid. None: the model's own defaults (its DiffusionConfig's
+    ``sampler``, ``sample_steps``, ``spacing``; a distilled checkpoint's step count)."""
+
+    sampler: str | None = field(default=None, metadata={"help": "a SAMPLERS name; None: the model's (DiffusionConfig.sampler)"})
+    steps: int | None = field(default=None, metadata={"help": "None: a distilled checkpoint's, else the model's sample_steps"})
+    spacing: str | None = field(default=None, metadata={
+        "help": "grid of training indices: leading | trailing | linspace; None: the model's (leading, measured)"})
+    seed: int = 0
+
+    def __post_init__(self):
+        from ..schedules import SPACINGS
+
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ValueError(f"--sampler {self.sampler!r} is not known; choose one of {', '.join(SAMPLERS)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps {self.steps} must be >= 1")
+        if self.spacing is not None and self.spacing not in (*SPACINGS, "logsnr"):
+            raise ValueError(f"--spacing {self.spacing!r} is not known; choose one of {', '.join(SPACINGS)}")
+
+
+@dataclass
+class SampleOptions(SamplerChoice):
+    """The options of ``ldmcourse sample`` (its flags are generated from these fields)."""
+
+    n: int = 64
+    batch_size: int = field(default=256, metadata={"help": "sample in chunks of this many (same result for the same seed)"})
+    guidance: float | None = field(default=None, metadata={
+        "help": "classifier-free guidance scale S (0: unconditional, 1: conditional; needs --class)"})
+    class_label: int | None = field(default=None, metadata={"flag": "--class", "help": "class label C to sample"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("n", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
+        if self.class_label is not None and self.class_label < 0:
+            raise ValueError(f"--class {self.class_label} must be >= 0")
+        if self.guidance is not None and self.class_label is None:
+            raise ValueError("--guidance needs a class to guide towards: add --class C")
 
 
 class CountCalls:
@@ -113,5 +197,6 @@ def sample_chunked(sampler, eps_model: Callable, shape, n: int, batch_size: int,
     return torch.cat(out)
 
 
-__all__ = ["SAMPLERS", "DETERMINISTIC", "get_sampler", "sample_chunked", "CountCalls", "ddim", "plms", "dpm_solver_1",
+__all__ = ["SAMPLERS", "DETERMINISTIC", "CONTRACT", "get_sampler", "sampler_options", "check_options", "SamplerChoice",
+           "SampleOptions", "sample_chunked", "CountCalls", "ddim", "plms", "dpm_solver_1",
            "dpm_solver_2", "dpm_solver_3", "dpm_solver_pp_2m", "euler", "heun", "euler_maruyama", "pc", "adaptive"]

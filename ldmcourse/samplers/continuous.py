@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from ..conversions import score_from_eps
 from .grid import call, make_grid, randn, run_callback
 
 
@@ -46,7 +47,7 @@ def euler(eps_model, x_T, schedule, steps=None, generator=None, timesteps=None, 
             x = grid.alpha[k + 1] * (x / grid.alpha[k] + (grid.sbar(k + 1) - grid.sbar(k)) * eps)
         else:
             F, G = grid.process.increments(grid.times[k], grid.times[k + 1])
-            x = x - F * x - 0.5 * G * eps / grid.sigma[k]  # s_θ = -ε/σ
+            x = x - F * x + 0.5 * G * score_from_eps(eps, grid.sigma[k])
         x = run_callback(callback, k, grid, x, x0)
     return x
 
@@ -76,7 +77,7 @@ def heun(eps_model, x_T, schedule, steps=None, generator=None, timesteps=None, s
 def _em_step(x, eps, grid, k, generator, noise: bool = True):
     """Euler–Maruyama on the reverse SDE, t -> s: x_s = x - F x + G s_θ + √G z, s_θ = -ε/σ_t."""
     F, G = grid.process.increments(grid.times[k], grid.times[k + 1])
-    x = x - F * x - G * eps / grid.sigma[k]
+    x = x - F * x + G * score_from_eps(eps, grid.sigma[k])
     return x + math.sqrt(G) * randn(x, generator) if noise else x
 
 
@@ -115,7 +116,7 @@ def pc(eps_model, x_T, schedule, steps=None, generator=None, timesteps=None, spa
         a_L = 1.0 if last else math.exp(2 * grid.process.increments(grid.times[k], grid.times[k + 1])[0])
         delta = 2 * a_L * (snr * grid.sigma[k]) ** 2
         for _ in range(corrector_steps):
-            score = -grid.eps(eps_model, x, k) / grid.sigma[k]
+            score = score_from_eps(grid.eps(eps_model, x, k), grid.sigma[k])
             x = x + delta * score + math.sqrt(2 * delta) * randn(x, generator)
         eps = grid.eps(eps_model, x, k)
         x0 = grid.x0(x, eps, k)

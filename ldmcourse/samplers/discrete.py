@@ -6,10 +6,9 @@ Both walk the timesteps *downwards* from x_T at ``timesteps[0]`` (the seed post'
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from .. import conversions as conv
 from .grid import ddim_step, make_grid, randn, run_callback
 
 
@@ -35,12 +34,10 @@ def ddim(eps_model, x_T: torch.Tensor, schedule, steps: int | None = None, gener
         x0 = grid.x0(x, eps, k)
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
-            eps = (x - grid.alpha[k] * x0) / grid.sigma[k]  # keep ε consistent with the clipped x̂_0
+            eps = conv.eps_from_x0(x, x0, grid.alpha[k], grid.sigma[k])  # keep ε consistent with the clipped x̂_0
         a_t, s_t, a_s, s_s = grid.alpha[k], grid.sigma[k], grid.alpha[k + 1], grid.sigma[k + 1]
-        var = eta**2 * (s_s**2 / s_t**2) * max(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0) if s_s > 0 else 0.0
-        x = a_s * x0 + math.sqrt(max(s_s**2 - var, 0.0)) * eps
-        if var > 0:
-            x = x + math.sqrt(var) * randn(x, generator)
+        std = conv.ddim_noise_std(eta, a_t, s_t, a_s, s_s)  # σ_η; 0 at the clean point
+        x = conv.ddim_step(x0, eps, a_s, s_s, std, randn(x, generator) if std > 0 else None)
         x = run_callback(callback, k, grid, x, x0)
     return x
 
@@ -110,7 +107,7 @@ class _Point:
         self.grid, self.alpha, self.sigma = grid, alpha, sigma
 
     def step(self, x, eps, k):
-        return self.alpha * self.grid.x0(x, eps, k) + self.sigma * eps
+        return conv.ddim_step(self.grid.x0(x, eps, k), eps, self.alpha, self.sigma)
 
 
 def grid_eps_at(eps_model, x, process, t):

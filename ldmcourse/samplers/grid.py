@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from .. import conversions as conv
 from ..sde import _Process, as_process
 from ..utils import randn_like as randn  # noqa: F401  (per-sample generators; used by the samplers)
 
@@ -48,7 +49,7 @@ class Grid:
 
     def x0(self, x: torch.Tensor, eps: torch.Tensor, k: int) -> torch.Tensor:
         """x̂_0 = (x - σ_k ε) / α_k   (DDPM eq. 15 / DDIM eq. 9)."""
-        return (x - self.sigma[k] * eps) / self.alpha[k]
+        return conv.x0_from_eps(x, eps, self.alpha[k], self.sigma[k])
 
 
 def call(eps_model: Callable, x: torch.Tensor, t: torch.Tensor, counter: list | None = None) -> torch.Tensor:
@@ -79,7 +80,7 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, grid: Grid, k: int, j: int) ->
     """Deterministic DDIM step from point k to point j (DDIM eq. 12 with σ = 0):
     x_j = α_j x̂_0 + σ_j ε = (α_j/α_k) x + (σ_j - α_j σ_k/α_k) ε.
     (PNDM's transfer φ, eq. 11 of Liu et al., is the same map when α² + σ² = 1.)"""
-    return grid.alpha[j] * grid.x0(x, eps, k) + grid.sigma[j] * eps
+    return conv.ddim_step(grid.x0(x, eps, k), eps, grid.alpha[j], grid.sigma[j])
 
 
 def run_callback(callback, i: int, grid: Grid, x: torch.Tensor, x0: torch.Tensor, k: int | None = None,
