@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     out = Path(args.out)
     if args.resume and not (out / "checkpoint.pt").exists():
-        if args.model == "ldm" and getattr(args, "model__first_stage", "auto") == "auto":
+        if getattr(args, "model__first_stage", getattr(get_recipe(args.model).model_config, "first_stage", None)) == "auto":
             # the interrupted stage was the zoo's first stage: it resumes there; the latent U-Net starts at step 0
             print(f"[zoo] --resume: {out} has no latent U-Net checkpoint yet; it starts from step 0")
             args.resume = False
@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     model_layers = [sizes.get("model", {}), file_cfg.get("model", {}), _explicit(args, "model__")]
     auto = {k: v for k, v in (("in_channels", c), ("image_size", h)) if k in {f.name for f in dataclasses.fields(recipe.model_config)}}
     model_cfg = build_config(recipe.model_config, auto, *model_layers, where="model: ")
-    from .zoo import resolve_first_stage  # ldm --first-stage auto: the zoo's first stage, reused or trained
+    from .zoo import resolve_first_stage  # --first-stage auto (ldm, flow): the zoo's first stage, reused or trained
 
     model_cfg = resolve_first_stage(recipe.name, model_cfg, data_cfg, profile, device, args)
     if hasattr(model_cfg, "first_stage"):  # latent diffusion: the first stage comes from its checkpoint, same data

@@ -18,8 +18,9 @@ that rebuilds it. From the shell::
     ldmcourse zoo train ldm-mnist5k --profile cpu
     ldmcourse zoo train --all
 
-``--first-stage auto`` (the default of ``ldmcourse train ldm``) is resolved here too
-(:func:`resolve_first_stage`): the zoo's KL autoencoder for that dataset and profile, reused or trained.
+``--first-stage auto`` (the default of ``ldmcourse train ldm``; accepted by every recipe with a first stage,
+e.g. ``train flow``) is resolved here too (:func:`resolve_first_stage`): the zoo's KL autoencoder for that
+dataset and profile, reused or trained.
 
 The cache root is ``$LDMCOURSE_ZOO``, else ``runs/zoo`` of the checkout (``./runs/zoo`` when installed).
 """
@@ -48,7 +49,7 @@ BOOKKEEPING = ("progress", "log_every", "ckpt_every", "sample_every")  # FitConf
 class Entry:
     """One model of the zoo: ``ldmcourse train RECIPE --dataset DATASET`` plus ``model``/``fit``/``data`` overrides.
 
-    ``model["first_stage"] = "auto"`` (ldm) means the zoo's first stage for the same dataset and profile.
+    ``model["first_stage"] = "auto"`` (ldm, flow) means the zoo's first stage for the same dataset and profile.
     """
 
     name: str
@@ -77,6 +78,17 @@ for _e in (
     Entry("pixel-mnist5k", "ldm", "mnist5k",
           "the same class-conditional U-Net in pixel space: latent diffusion's baseline (notebooks 08, 09)",
           model=dict(first_stage="none", num_classes=10, p_uncond=0.1)),
+    # flow matching (issue 16, notebook 11): the sizes of `train flow` are those of `train ldm` per profile, so each
+    # is the same class-conditional U-Net, budget and latent space (the zoo's first stage) as ldm-mnist5k
+    Entry("rf-mnist5k", "flow", "mnist5k",
+          "rectified flow (linear path, logit-normal t) in ldm-mnist5k's latent space, same U-Net and budget (notebook 11)",
+          model=dict(first_stage="auto", path="linear", t_sampling="logit_normal", num_classes=10, p_uncond=0.1)),
+    Entry("rf-uniform-mnist5k", "flow", "mnist5k",
+          "rf-mnist5k with uniform t (Esser et al. 2024's comparison; notebook 11)",
+          model=dict(first_stage="auto", path="linear", t_sampling="uniform", num_classes=10, p_uncond=0.1)),
+    Entry("fm-vp-mnist5k", "flow", "mnist5k",
+          "flow matching on the VP diffusion path, else as rf-mnist5k (Lipman et al. 2023's OT-vs-diffusion path; notebook 11)",
+          model=dict(first_stage="auto", path="vp", t_sampling="logit_normal", num_classes=10, p_uncond=0.1)),
     Entry("ddpm-fashion-mnist", "ddpm", "fashion-mnist",
           "pixel-space DDPM on Fashion-MNIST, cosine schedule, eps prediction (notebooks 05, 06, 10)"),
     Entry("classifier-mnist5k", "classifier", "mnist5k", "course classifier: FID/KID features, class agreement"),
@@ -182,7 +194,7 @@ def resolve(name_or_entry: str | Entry, profile: str | None = None) -> Resolved:
         fit["ckpt_every"] = e.fit["ckpt_every"]
     model_over = dict(e.model)
     fs = None
-    if e.recipe == "ldm" and model_over.get("first_stage", _default(recipe.model_config, "first_stage")) == "auto":
+    if model_over.get("first_stage", _default(recipe.model_config, "first_stage")) == "auto":  # ldm, flow: a latent model
         fs = resolve(first_stage_entry(e.dataset, {k: data[k] for k in ("image_size", "data_root")}), profile)
         model_over["first_stage"] = "auto"
     model = dataclasses.asdict(build_config(recipe.model_config, sizes.get("model", {}), model_over, where=f"zoo {e.name} model: "))
@@ -299,7 +311,7 @@ def train(name: str | Entry, profile: str | None = None, device: str = "auto", r
     r = resolve(name, profile)
     if rebuild and r.dir.exists():
         shutil.rmtree(r.dir)
-    if r.first_stage is not None:  # the ldm entry's first stage comes first (and is then found by cmd_train)
+    if r.first_stage is not None:  # a latent entry's first stage comes first (and is then found by cmd_train)
         train(r.first_stage.entry, r.profile, device=device, verbose=verbose)
     state = status(r)
     if state == "trained":
@@ -417,10 +429,10 @@ def list_entries(profile: str | None = None) -> list[dict[str, Any]]:
 
 def resolve_first_stage(recipe_name: str, model_cfg: Any, data_cfg: dict[str, Any], profile: str,
                         device: torch.device | str, args: Any = None) -> Any:
-    """For ``ldm`` with ``first_stage == "auto"``: reuse or train the zoo's first stage for this dataset and
-    profile and point ``model_cfg.first_stage`` at its checkpoint (a half-trained first stage resumes).
-    (``run.cmd_train`` starts the U-Net fresh on ``--resume`` when it has no checkpoint yet.)"""
-    if recipe_name != "ldm" or getattr(model_cfg, "first_stage", None) != "auto":
+    """For a latent model (``ldm``, ``flow``) with ``first_stage == "auto"``: reuse or train the zoo's first stage
+    for this dataset and profile and point ``model_cfg.first_stage`` at its checkpoint (a half-trained first
+    stage resumes). (``run.cmd_train`` starts the U-Net fresh on ``--resume`` when it has no checkpoint yet.)"""
+    if getattr(model_cfg, "first_stage", None) != "auto":
         return model_cfg
     fs = first_stage_entry(data_cfg["dataset"], {k: data_cfg.get(k) for k in ("image_size", "data_root")})
     r = train(fs, profile, device=str(device))

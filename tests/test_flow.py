@@ -324,6 +324,14 @@ def test_bad_input_gets_clear_errors():
         flow.get_flow_sampler("rk45")
     with pytest.raises(ValueError, match="p_uncond"):
         flow.flow_loss(MLP(), torch.zeros(2, 2), p_uncond=0.1)
+    with pytest.raises(ValueError, match="sample_steps=0"):
+        FlowConfig(sample_steps=0)
+    with pytest.raises(ValueError, match="shift=0"):
+        FlowConfig(shift=0.0)
+    with pytest.raises(ValueError, match="--sampler 'rk45' is not known"):
+        FlowConfig(sampler="rk45")
+    with pytest.raises(ValueError, match="inherits its teacher's first stage"):
+        FlowConfig(reflow_from="teacher.pt", first_stage="auto")
 
 
 def test_cli_train_and_sample_round_trip(tmp_path, capsys):
@@ -338,7 +346,7 @@ def test_cli_train_and_sample_round_trip(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["model_config"]["path"] == "linear" and "sample_fd" in metrics["eval"]
     ck = str(out / "checkpoint.pt")
-    for sampler, extra in (("euler", []), ("heun", ["--guidance", "2", "--class", "3"]), ("ddim", [])):
+    for sampler, extra in (("euler", []), ("heun", ["--guidance", "2", "--class", "3"]), ("midpoint", []), ("ddim", [])):
         png = tmp_path / f"{sampler}.png"
         assert main(["sample", "--ckpt", ck, "--sampler", sampler, "--steps", "2", "--n", "4", "--out", str(png),
                      "--device", "cpu"] + extra) == 0

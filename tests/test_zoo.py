@@ -185,3 +185,27 @@ def test_fid_metric_falls_back_to_the_zoo_classifier(zroot, tmp_path, monkeypatc
     r = zoo.train("classifier-mnist5k", "smoke")
     rep = fid_metric(vae.build(cfg).eval(), meta, test, "cpu", {"n_boot": 2})
     assert rep["classifier"] == str(r.checkpoint)
+
+
+def test_latent_flow_entry_matches_ldm_and_trains(zroot):
+    """rf-mnist5k: the same first stage, U-Net and budget as ldm-mnist5k at every profile; zoo.train of it
+    (smoke) trains the zoo's first stage, then a velocity U-Net on its latents that samples decoded images."""
+    from ldmcourse.recipes.flow import sample
+    from ldmcourse.unet import UNetConfig
+
+    unet = [f.name for f in dataclasses.fields(UNetConfig) if f.name != "in_channels"]
+    for profile in ("smoke", "cpu", "gpu"):
+        rf, ldm = zoo.resolve("rf-mnist5k", profile), zoo.resolve("ldm-mnist5k", profile)
+        assert rf.first_stage.dir == ldm.first_stage.dir and rf.data == ldm.data
+        assert {k: rf.model[k] for k in unet} == {k: ldm.model[k] for k in unet}, profile
+        assert rf.fit == ldm.fit, profile
+    assert zoo.resolve("fm-vp-mnist5k", "cpu").model["path"] == "vp" and zoo.resolve("fm-vp-mnist5k", "cpu").key != rf.key
+    r = zoo.train("rf-mnist5k", profile="smoke", verbose=False)
+    assert zoo.status(r) == "trained" and zoo.status(r.first_stage) == "trained"
+    ck = torch.load(r.checkpoint, weights_only=True)
+    assert ck["meta"]["kind"] == "flow" and ck["step"] == 20
+    assert ck["meta"]["model_config"]["first_stage"] == str(r.first_stage.checkpoint)
+    model = zoo.get("rf-mnist5k", profile="smoke", verbose=False)
+    assert tuple(model.latent_shape) == (4, 8, 8)  # the f=4 first stage's latents, not pixels
+    x = sample(model, ck["meta"], 2, torch.Generator().manual_seed(0), "cpu", sampler="heun", steps=2, y=3, guidance=2.0)
+    assert x.shape == (2, 1, 32, 32) and bool(torch.isfinite(x).all()) and float(x.abs().max()) <= 1

@@ -95,18 +95,18 @@ class FlowConfig(UNetConfig):
         return from_dict(UNetConfig, dataclasses.asdict(self))
 
 
-# the same network and budget as pixel DDPM (recipes/ddpm.py), for paired comparisons
-SIZES = {
-    "smoke": {"fit": dict(steps=20, batch_size=16, lr=1e-3, warmup=5, log_every=5),
-              "model": dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention=(2,), head_dim=8, sample_steps=10),
-              "data": dict(n_train=256)},
-    "cpu": {"fit": dict(steps=1500, batch_size=32, lr=2e-3, warmup=100, log_every=50, ema_decay=0.995),
-            "model": dict(base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attention=(4,), head_dim=16),
-            "data": dict(dataset="fashion-mnist")},
-    "gpu": {"fit": dict(steps=100_000, batch_size=128, lr=2e-4, warmup=1000, log_every=500, ema_decay=0.9999, amp="bf16"),
-            "model": dict(base_channels=64, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention=(2,), head_dim=64, dropout=0.1),
-            "data": dict(dataset="fashion-mnist")},
-}
+def _sizes_of_ldm() -> dict:
+    """The latent-diffusion recipe's sizes, less what a flow has not (the diffusion process's fields): the same
+    U-Net and training budget per profile as ``train ldm`` (and the zoo's ``ldm-mnist5k``), so a flow and an
+    ε-model in the same latent space (or both in pixels, ``--first-stage none``) are compared at equal cost."""
+    from .ldm import SIZES as LDM_SIZES
+
+    names = {f.name for f in dataclasses.fields(FlowConfig)}
+    return {profile: {part: ({k: v for k, v in over.items() if k in names} if part == "model" else dict(over))
+                      for part, over in sizes.items()} for profile, sizes in LDM_SIZES.items()}
+
+
+SIZES = _sizes_of_ldm()
 
 
 # what a reflowed / distilled student inherits from its teacher (the rest, e.g. t_sampling and p_uncond, is its own)

@@ -52,8 +52,8 @@ class LDMConfig(UNetConfig, DiffusionConfig):
 def _build_first_stage(cfg: LDMConfig) -> FirstStage:
     if cfg.first_stage in ("", "none"):
         return FirstStage(None, "identity", image_shape=(cfg.in_channels, cfg.image_size, cfg.image_size))
-    if cfg.first_stage == "auto":  # resolved by `ldmcourse train ldm` (ldmcourse.zoo.resolve_first_stage)
-        raise ValueError("first_stage='auto' is resolved by `ldmcourse train ldm`; in code pass a checkpoint: ldmcourse.zoo.path('kl-f4-mnist5k')")
+    if cfg.first_stage == "auto":  # resolved by `ldmcourse train ldm|flow` (ldmcourse.zoo.resolve_first_stage)
+        raise ValueError("first_stage='auto' is resolved by `ldmcourse train ldm` (or flow); in code pass a checkpoint: ldmcourse.zoo.path('kl-f4-mnist5k')")
     state = None
     if not cfg.first_stage_config:  # first build: read architecture and weights from the checkpoint
         ck = load_checkpoint(cfg.first_stage)

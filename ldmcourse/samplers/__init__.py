@@ -100,7 +100,8 @@ class SamplerChoice:
     """Which sampler, how many steps, which grid. None: the model's own defaults (its DiffusionConfig's
     ``sampler``, ``sample_steps``, ``spacing``; a distilled checkpoint's step count)."""
 
-    sampler: str | None = field(default=None, metadata={"help": "a SAMPLERS name; None: the model's (DiffusionConfig.sampler)"})
+    sampler: str | None = field(default=None, metadata={
+        "help": "a SAMPLERS name, or a flow model's euler | heun | midpoint; None: the model's (DiffusionConfig.sampler)"})
     steps: int | None = field(default=None, metadata={"help": "None: a distilled checkpoint's, else the model's sample_steps"})
     spacing: str | None = field(default=None, metadata={
         "help": "grid of training indices: leading | trailing | linspace; None: the model's (leading, measured)"})
@@ -109,8 +110,11 @@ class SamplerChoice:
     def __post_init__(self):
         from ..schedules import SPACINGS
 
-        if self.sampler is not None and self.sampler not in SAMPLERS:
-            raise ValueError(f"--sampler {self.sampler!r} is not known; choose one of {', '.join(SAMPLERS)}")
+        from ..flow.sampling import FLOW_SAMPLERS  # a flow model's velocity samplers (ldmcourse.recipes.flow)
+
+        known = (*SAMPLERS, *(k for k in FLOW_SAMPLERS if k not in SAMPLERS))
+        if self.sampler is not None and self.sampler not in known:
+            raise ValueError(f"--sampler {self.sampler!r} is not known; choose one of {', '.join(known)}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps {self.steps} must be >= 1")
         if self.spacing is not None and self.spacing not in (*SPACINGS, "logsnr"):
