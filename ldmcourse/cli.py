@@ -25,6 +25,7 @@ from .flags import _explicit, _options, add_dataclass_flags  # noqa: F401  (re-e
 from .profiles import PROFILES, get_profile
 from .run import DATA_FIELDS, _device, add_train_parser, cmd_train, load_model  # noqa: F401  (re-exported)
 from .runconfig import build_config, read_config_file  # noqa: F401  (re-exported)
+from .samplers import sampling_progress
 
 
 # Flags are generated from dataclasses by ldmcourse.flags; the train command lives in ldmcourse.run (the zoo
@@ -93,7 +94,9 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
     sampler, steps = recipe.sampling_choice(meta, o.sampler, o.steps, o.spacing)
     g = torch.Generator(device=device).manual_seed(o.seed)
     t0 = time.perf_counter()
-    x = recipe.sample(model, meta, o.n, g, device, sampler=o.sampler, steps=o.steps, batch_size=o.batch_size, **options)
+    with sampling_progress("sample"):
+        x = recipe.sample(model, meta, o.n, g, device, sampler=o.sampler, steps=o.steps, batch_size=o.batch_size,
+                          **options)
     secs = time.perf_counter() - t0
     save_grid(x, args.out, nrow=int(max(1, round(o.n ** 0.5))))
     result = {"out": args.out, "n": o.n, "sampler": sampler, "steps": steps, "seconds": round(secs, 3)}
@@ -124,7 +127,8 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
         test = test.subset(n, torch.Generator().manual_seed(args.seed))
     print(f"[ldmcourse] eval {args.metric} of {args.ckpt} on {len(test)} {meta['dataset']} test images; profile={profile}"
           + "".join(f" {k}={v}" for k, v in opts.items() if k != "seed"), file=sys.stderr, flush=True)
-    result = {"metric": args.metric, "ckpt": args.ckpt, "dataset": meta["dataset"], **fn(model, meta, test, device, opts)}
+    with sampling_progress(f"{args.metric}: sample"):  # metrics that sample (fid, kid, ...) show their progress
+        result = {"metric": args.metric, "ckpt": args.ckpt, "dataset": meta["dataset"], **fn(model, meta, test, device, opts)}
     print(json.dumps(result))
     return result
 

@@ -49,9 +49,9 @@ def get_profile(explicit: str | None = None) -> str:
 
 def default_device(profile: str | None = None) -> torch.device:
     """CUDA when available, else CPU. The smoke profile always uses the CPU (CI has no GPU)."""
-    if profile == "smoke":
-        return torch.device("cpu")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from .utils import resolve_device
+
+    return resolve_device("auto", profile)
 
 
 def for_profile(cls: type[T], profile: str, table: Mapping[str, Mapping[str, Any]], **overrides: Any) -> T:

@@ -64,9 +64,7 @@ def train_parser(argv: list[str]) -> argparse.ArgumentParser:
 def _device(name: str, profile: str | None = None) -> torch.device:
     from .utils import resolve_device
 
-    if name == "auto" and profile == "smoke":
-        return torch.device("cpu")
-    return resolve_device(name)
+    return resolve_device(name, profile)
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:

@@ -74,10 +74,11 @@ def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
     return x[(...,) + (None,) * (ndim - x.ndim)]
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' -> CUDA if available else CPU; explicit strings are checked for availability."""
+def resolve_device(device: str | torch.device | None = "auto", profile: str | None = None) -> torch.device:
+    """The one device rule of the package: 'auto' -> CUDA if available else CPU (always CPU in the smoke
+    profile: CI has no GPU); explicit strings are checked for availability."""
     if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() and profile != "smoke" else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device} requested but CUDA is not available (CPU-only torch?); use --device cpu")

@@ -392,3 +392,21 @@ def test_deterministic_list_is_right():
         a = SAMPLERS[name](model, _xT(), SCHEDULE, steps=6, generator=_gen(0))
         b = SAMPLERS[name](model, _xT(), SCHEDULE, steps=6, generator=_gen(1))
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_sample_chunked_reports_progress_only_when_asked(capsys):
+    """Inside sampling_progress (the commands) a non-TTY stream gets plain lines up to 100 %; outside, nothing."""
+    from ldmcourse.samplers import sample_chunked, sampling_progress
+    from ldmcourse.schedules import make_schedule
+
+    sched = make_schedule("linear", 100)
+    eps = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    quiet = sample_chunked("ddim", eps, (1, 2, 2), 6, 4, torch.Generator().manual_seed(0), schedule=sched, steps=5)
+    assert capsys.readouterr().err == ""
+    with sampling_progress("sample"):
+        loud = sample_chunked("ddim", eps, (1, 2, 2), 6, 4, g, schedule=sched, steps=5)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("[sample] 30/30 (100%)") and len(lines) >= 5  # 6 images x 5 steps, a line per 5 %
+    assert "\r" not in "".join(lines)
+    assert torch.equal(quiet, loud)  # progress changes nothing in the result

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import inspect
 import typing
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from ..diffusion import ddpm_sample  # DDPM ancestral sampling lives with the DDPM process
+from ..utils import Progress
 from .continuous import adaptive, euler, euler_maruyama, heun, pc
 from .discrete import ddim, plms
 from .dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver_3, dpm_solver_pp_2m
@@ -183,13 +186,25 @@ def sample_chunked(sampler, eps_model: Callable, shape, n: int, batch_size: int,
         import warnings
 
         warnings.warn(f"{getattr(fn, '__name__', fn)} draws noise for the whole batch: samples depend on batch_size", stacklevel=2)
+    desc = _PROGRESS.get()
+    steps = kwargs.get("steps") if desc and "callback" in inspect.signature(fn).parameters else None
+    bar = Progress(n * (steps or 1), desc) if desc else None  # units: image-steps (or images)
     out, i = [], 0
     while i < n:
         b = min(batch_size, n - i)
         gens = [torch.Generator(device=gen_device).manual_seed(s) for s in seeds[i:i + b]]
         x_T = prior_std * torch.stack([torch.randn(tuple(shape), generator=g, device=device, dtype=dtype) for g in gens])
+        kw = dict(kwargs)
+        if steps:
+            user_cb = kwargs.get("callback")
+
+            def tick(*a, _b=b, _cb=user_cb):
+                bar.update(_b)
+                return _cb(*a) if _cb is not None else None
+
+            kw["callback"] = tick
         try:
-            x = fn(eps_model, x_T, schedule, generator=gens if per_sample else gens[0], **kwargs)
+            x = fn(eps_model, x_T, schedule, generator=gens if per_sample else gens[0], **kw)
         except torch.cuda.OutOfMemoryError:
             if batch_size == 1:
                 raise
@@ -198,9 +213,27 @@ def sample_chunked(sampler, eps_model: Callable, shape, n: int, batch_size: int,
             continue
         out.append(x.to(out_device))
         i += b
+        if bar is not None:
+            bar.update((i * (steps or 1)) - bar.n)  # the chunk is done, whatever the sampler's callbacks counted
+    if bar is not None:
+        bar.close()
     return torch.cat(out)
 
 
+_PROGRESS: ContextVar[str | None] = ContextVar("ldmcourse_sampling_progress", default=None)
+
+
+@contextmanager
+def sampling_progress(desc: str = "sample"):
+    """Within this block :func:`sample_chunked` reports progress (a tqdm bar on a terminal, a plain line per
+    5 % elsewhere), in image-steps. The commands turn it on; library calls and notebooks stay quiet."""
+    token = _PROGRESS.set(desc)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
 __all__ = ["SAMPLERS", "DETERMINISTIC", "CONTRACT", "get_sampler", "sampler_options", "check_options", "SamplerChoice",
-           "SampleOptions", "sample_chunked", "CountCalls", "ddim", "plms", "dpm_solver_1",
+           "SampleOptions", "sample_chunked", "sampling_progress", "CountCalls", "ddim", "plms", "dpm_solver_1",
            "dpm_solver_2", "dpm_solver_3", "dpm_solver_pp_2m", "euler", "heun", "euler_maruyama", "pc", "adaptive"]
