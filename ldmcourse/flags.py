@@ -63,6 +63,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str,
         if elem is not None:
             group.add_argument(flag, dest=prefix + f.name, nargs="+", type=_converter(elem, False),
                                default=argparse.SUPPRESS, help=help_, required=required)
+        elif tp is bool and not optional:  # `--text` alone means true; `--text true/false` still works
+            group.add_argument(flag, dest=prefix + f.name, nargs="?", const=True, type=_converter(tp, False),
+                               required=required, default=argparse.SUPPRESS, metavar="BOOL", help=help_)
         else:
             group.add_argument(flag, dest=prefix + f.name, type=_converter(tp, optional), required=required,
                                default=argparse.SUPPRESS, metavar=tp.__name__.upper(), help=help_)

@@ -77,6 +77,16 @@ for _e in (
     Entry("pixel-mnist5k", "ldm", "mnist5k",
           "the same class-conditional U-Net in pixel space: latent diffusion's baseline (notebooks 08, 09)",
           model=dict(first_stage="none", num_classes=10, p_uncond=0.1)),
+    # issue 17 (notebook 12): text-conditioned, the same first stage; the two backbones at the equal-parameter
+    # configs of ldmcourse.text_ldm.notebook12_configs() (tests/test_text_wiring.py checks they agree)
+    Entry("text-ldm-mnist5k", "ldm", "mnist5k",
+          "text-conditioned latent U-Net (cross-attention on captions) on kl-f4-mnist5k (notebook 12)",
+          model=dict(first_stage="auto", text=True, backbone="unet", p_uncond=0.1, base_channels=32, channel_mult=(1, 2, 2),
+                     num_res_blocks=1, attention=(4,), head_dim=32, text_dim=64, text_depth=2, text_heads=4)),
+    Entry("text-dit-mnist5k", "ldm", "mnist5k",
+          "text-conditioned latent DiT (adaLN-Zero, the same text encoder and cross-attention) on kl-f4-mnist5k (notebook 12)",
+          model=dict(first_stage="auto", text=True, backbone="dit", p_uncond=0.1, dit_patch_size=2, dit_hidden_dim=96,
+                     dit_depth=6, dit_heads=4, text_dim=64, text_depth=2, text_heads=4)),
     Entry("ddpm-fashion-mnist", "ddpm", "fashion-mnist",
           "pixel-space DDPM on Fashion-MNIST, cosine schedule, eps prediction (notebooks 05, 06, 10)"),
     Entry("classifier-mnist5k", "classifier", "mnist5k", "course classifier: FID/KID features, class agreement"),
