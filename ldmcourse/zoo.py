@@ -199,10 +199,19 @@ def resolve(name_or_entry: str | Entry, profile: str | None = None) -> Resolved:
     # what the key hashes: the fully resolved config, less the cache location and the bookkeeping that
     # cannot change the weights (fit resumes exactly, whatever the checkpoint and logging intervals)
     fit_key = {k: v for k, v in fit.items() if k not in BOOKKEEPING}
-    identity = {"zoo": ZOO_VERSION, "recipe": e.recipe, "profile": profile, "data": data, "fit": fit_key, "model": model,
+    model_key = {k: v for k, v in model.items() if model.get("text") or k not in _text_fields()}  # inert with text off
+    identity = {"zoo": ZOO_VERSION, "recipe": e.recipe, "profile": profile, "data": data, "fit": fit_key, "model": model_key,
                 "first_stage": fs.dir.name if fs is not None else None}
     key = hashlib.sha256(json.dumps(_jsonable(identity), sort_keys=True, default=str).encode()).hexdigest()[:10]
     return Resolved(e, profile, data, fit, model, fs, key)
+
+
+def _text_fields() -> set[str]:
+    """The text-conditioning fields (``text_ldm.TextOptions``): with ``text`` off they cannot change the weights,
+    so they stay out of the key (the entries trained before text existed keep their keys)."""
+    from .text_ldm import TextOptions
+
+    return {f.name for f in dataclasses.fields(TextOptions)}
 
 
 def _default(cls: type, name: str) -> Any:

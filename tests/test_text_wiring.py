@@ -190,3 +190,16 @@ def test_adherence_metric_scores_every_eval_prompt(text_runs, tmp_path, capsys):
     assert main(["eval", "--ckpt", ckpt, "--metric", "adherence", "--n", "60", "--device", "cpu", "--option",
                  f"classifier={clf / 'checkpoint.pt'}", "--option", "colour=1"]) == 2  # other options go to the sampler
     assert "colour" in capsys.readouterr().err
+
+
+def test_zoo_key_ignores_the_text_fields_only_while_text_is_off():
+    """Text fields cannot change a text-off model's weights: they stay out of its key (the entries trained
+    before text existed keep theirs); on a text entry they are part of it."""
+    base = zoo.entry("ldm-mnist5k")
+    key = zoo.resolve(base, "cpu").key
+    assert zoo.resolve(dataclasses.replace(base, model={**base.model, "text_dim": 128, "p_attr": 0.2}), "cpu").key == key
+    assert zoo.resolve(dataclasses.replace(base, model={**base.model, "base_channels": 48}), "cpu").key != key
+    text = zoo.entry("text-ldm-mnist5k")
+    tkey = zoo.resolve(text, "cpu").key
+    assert tkey != key
+    assert zoo.resolve(dataclasses.replace(text, model={**text.model, "text_dim": 32}), "cpu").key != tkey
