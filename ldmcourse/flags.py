@@ -1,7 +1,8 @@
 """Config dataclasses <-> command-line flags: one ``--field-name`` per field, typed from its hint.
 
 Used by every command (``train``'s model and fit flags, ``sample``'s, ``inpaint``'s and ``distill``'s
-option dataclasses), so a field added to a config is a flag without further code.
+option dataclasses), so a field added to a config is a flag without further code. A ``bool`` field's
+flag alone means true (``--text``); ``--text true`` / ``--text false`` work too.
 """
 
 from __future__ import annotations
