@@ -84,11 +84,13 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
     if recipe.sample is None:
         raise SystemExit(f"error: a {meta['kind']!r} model cannot sample ({recipe.description}); "
                          "use `ldmcourse eval --metric recon`, or train a generative model (vae, ddpm, ldm)")
+    if o.prompt is not None and not recipe.prompts:
+        raise ValueError(f"a {meta['kind']!r} model takes no --prompt; text conditioning needs `ldmcourse train ldm --text`")
     if (o.guidance is not None or o.class_label is not None) and not recipe.guidance:
         raise ValueError(f"a {meta['kind']!r} model takes no --class / --guidance; classifier-free guidance needs "
                          "a class-conditional ddpm or ldm (train ... --num-classes K --p-uncond 0.1)")
     options = _options(args.option)
-    for key, value in (("spacing", o.spacing), ("guidance", o.guidance), ("y", o.class_label)):
+    for key, value in (("spacing", o.spacing), ("guidance", o.guidance), ("y", o.class_label), ("prompt", o.prompt)):
         if value is not None:
             options[key] = value
     sampler, steps = recipe.sampling_choice(meta, o.sampler, o.steps, o.spacing)

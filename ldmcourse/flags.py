@@ -1,7 +1,8 @@
 """Config dataclasses <-> command-line flags: one ``--field-name`` per field, typed from its hint.
 
 Used by every command (``train``'s model and fit flags, ``sample``'s, ``inpaint``'s and ``distill``'s
-option dataclasses), so a field added to a config is a flag without further code.
+option dataclasses), so a field added to a config is a flag without further code. A ``bool`` field's
+flag alone means true (``--text``); ``--text true`` / ``--text false`` work too.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str,
         if elem is not None:
             group.add_argument(flag, dest=prefix + f.name, nargs="+", type=_converter(elem, False),
                                default=argparse.SUPPRESS, help=help_, required=required)
+        elif tp is bool and not optional:  # `--text` alone means true; `--text true/false` still works
+            group.add_argument(flag, dest=prefix + f.name, nargs="?", const=True, type=_converter(tp, False),
+                               required=required, default=argparse.SUPPRESS, metavar="BOOL", help=help_)
         else:
             group.add_argument(flag, dest=prefix + f.name, type=_converter(tp, optional), required=required,
                                default=argparse.SUPPRESS, metavar=tp.__name__.upper(), help=help_)

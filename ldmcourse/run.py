@@ -105,6 +105,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     model_layers = [sizes.get("model", {}), file_cfg.get("model", {}), _explicit(args, "model__")]
     auto = {k: v for k, v in (("in_channels", c), ("image_size", h)) if k in {f.name for f in dataclasses.fields(recipe.model_config)}}
     model_cfg = build_config(recipe.model_config, auto, *model_layers, where="model: ")
+    fit_data = recipe.training_data(model_cfg, train_data)  # e.g. captioned digits (ldm --text); refused early
     from .zoo import resolve_first_stage  # --first-stage auto (ldm, flow): the zoo's first stage, reused or trained
 
     model_cfg = resolve_first_stage(recipe.name, model_cfg, data_cfg, profile, device, args)
@@ -135,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
               f"profile={profile} device={device} params={n_params:,} steps={fit_cfg.steps} batch={fit_cfg.batch_size}"
               + (f" (global; {world} processes)" if world > 1 else ""))
     try:
-        res = fit(model, recipe.loss(model_cfg), train_data, fit_cfg, device=device, out_dir=out, resume=args.resume,
+        res = fit(model, recipe.loss(model_cfg), fit_data, fit_cfg, device=device, out_dir=out, resume=args.resume,
                   overwrite=args.overwrite, reset_optimizer=args.reset_optimizer, picture_fn=picture_fn, meta=meta, rank=rank, world=world,
                   wrap=ddp_wrap(device) if world > 1 else None)
     finally:

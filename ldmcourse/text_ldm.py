@@ -235,8 +235,9 @@ class TextOptions:
     fields shape the U-Net). ``p_attr`` / ``p_class``: attribute / class dropout of the captions.
     """
 
-    text: bool = False
-    backbone: str = "unet"  # "unet" | "dit"
+    text: bool = dataclasses.field(default=False, metadata={
+        "help": "condition on measured captions (mnist/mnist5k, 32 px); then `sample --prompt \"a thin three\"`"})
+    backbone: str = dataclasses.field(default="unet", metadata={"help": "with --text: unet | dit"})
     text_dim: int = 64
     text_depth: int = 2
     text_heads: int = 4

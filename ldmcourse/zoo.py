@@ -89,6 +89,16 @@ for _e in (
     Entry("fm-vp-mnist5k", "flow", "mnist5k",
           "flow matching on the VP diffusion path, else as rf-mnist5k (Lipman et al. 2023's OT-vs-diffusion path; notebook 11)",
           model=dict(first_stage="auto", path="vp", t_sampling="logit_normal", num_classes=10, p_uncond=0.1)),
+    # issue 17 (notebook 12): text-conditioned, the same first stage; the two backbones at the equal-parameter
+    # configs of ldmcourse.text_ldm.notebook12_configs() (tests/test_text_wiring.py checks they agree)
+    Entry("text-ldm-mnist5k", "ldm", "mnist5k",
+          "text-conditioned latent U-Net (cross-attention on captions) on kl-f4-mnist5k (notebook 12)",
+          model=dict(first_stage="auto", text=True, backbone="unet", p_uncond=0.1, base_channels=32, channel_mult=(1, 2, 2),
+                     num_res_blocks=1, attention=(4,), head_dim=32, text_dim=64, text_depth=2, text_heads=4)),
+    Entry("text-dit-mnist5k", "ldm", "mnist5k",
+          "text-conditioned latent DiT (adaLN-Zero, the same text encoder and cross-attention) on kl-f4-mnist5k (notebook 12)",
+          model=dict(first_stage="auto", text=True, backbone="dit", p_uncond=0.1, dit_patch_size=2, dit_hidden_dim=96,
+                     dit_depth=6, dit_heads=4, text_dim=64, text_depth=2, text_heads=4)),
     Entry("ddpm-fashion-mnist", "ddpm", "fashion-mnist",
           "pixel-space DDPM on Fashion-MNIST, cosine schedule, eps prediction (notebooks 05, 06, 10)"),
     Entry("classifier-mnist5k", "classifier", "mnist5k", "course classifier: FID/KID features, class agreement"),
@@ -201,10 +211,19 @@ def resolve(name_or_entry: str | Entry, profile: str | None = None) -> Resolved:
     # what the key hashes: the fully resolved config, less the cache location and the bookkeeping that
     # cannot change the weights (fit resumes exactly, whatever the checkpoint and logging intervals)
     fit_key = {k: v for k, v in fit.items() if k not in BOOKKEEPING}
-    identity = {"zoo": ZOO_VERSION, "recipe": e.recipe, "profile": profile, "data": data, "fit": fit_key, "model": model,
+    model_key = {k: v for k, v in model.items() if model.get("text") or k not in _text_fields()}  # inert with text off
+    identity = {"zoo": ZOO_VERSION, "recipe": e.recipe, "profile": profile, "data": data, "fit": fit_key, "model": model_key,
                 "first_stage": fs.dir.name if fs is not None else None}
     key = hashlib.sha256(json.dumps(_jsonable(identity), sort_keys=True, default=str).encode()).hexdigest()[:10]
     return Resolved(e, profile, data, fit, model, fs, key)
+
+
+def _text_fields() -> set[str]:
+    """The text-conditioning fields (``text_ldm.TextOptions``): with ``text`` off they cannot change the weights,
+    so they stay out of the key (the entries trained before text existed keep their keys)."""
+    from .text_ldm import TextOptions
+
+    return {f.name for f in dataclasses.fields(TextOptions)}
 
 
 def _default(cls: type, name: str) -> Any:

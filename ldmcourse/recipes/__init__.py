@@ -47,6 +47,9 @@ class Recipe:
     - ``guidance``: whether ``sample`` takes ``guidance=`` (classifier-free guidance; class-conditional models).
     - ``metrics``: ``{name: fn(model, meta, test_data, device, options) -> dict}``.
     - ``renamed``: fields of a previous config layout, old name -> new (see :meth:`config`).
+    - ``wrap_data(model_cfg, dataset) -> dataset``: what ``fit`` trains on (default: the images as loaded;
+      text-conditioned ldm: ``(x, codes)`` batches). Raises ValueError for a data set the model cannot use.
+    - ``prompts``: whether ``sample`` takes ``prompt=`` (text-conditioned models; it refuses a model without text).
     """
 
     name: str
@@ -65,6 +68,12 @@ class Recipe:
     inpaint: Callable[..., torch.Tensor] | None = None
     guidance: bool = False
     renamed: dict[str, str] = field(default_factory=dict)
+    wrap_data: Callable[[Any, Any], Any] | None = None
+    prompts: bool = False
+
+    def training_data(self, model_cfg, dataset):
+        """The data set ``fit`` trains on: ``wrap_data(model_cfg, dataset)``, or ``dataset`` itself."""
+        return dataset if self.wrap_data is None else self.wrap_data(model_cfg, dataset)
 
     def config(self, d: dict[str, Any]):
         """The model config from a checkpoint's ``meta["model_config"]``, of this layout or the previous one."""

@@ -82,6 +82,26 @@ def _zoo_classifier(meta: dict) -> Path | None:
     return r.checkpoint if zoo.status(r) == "trained" else None
 
 
+def course_classifier(meta: dict, path: str | None, device) -> tuple[Classifier, Path]:
+    """The course classifier for a model's data and image size: ``path``, else ``runs/classifier-DATASET``
+    (or ``$LDMCOURSE_CLASSIFIER``), else the zoo's trained ``classifier-DATASET``; (network, its path)."""
+    given = path is not None
+    path = Path(path) if given else default_classifier_path(meta["dataset"])
+    if not path.exists() and not given:  # else the zoo's, when it is trained
+        path = _zoo_classifier(meta) or path
+    if not path.exists():
+        raise FileNotFoundError(f"no feature classifier at {path}; train one first: "
+                                f"ldmcourse train classifier --dataset {meta['dataset']} --out {path.parent} "
+                                f"or `ldmcourse zoo train classifier-{meta['dataset']}` (or pass --option classifier=PATH)")
+    net, cmeta = load_classifier(path, device)
+    if cmeta["dataset"] != meta["dataset"] or list(cmeta["image_shape"]) != list(meta["image_shape"]):
+        raise ValueError(f"the classifier at {path} was trained on {cmeta['dataset']} {cmeta['image_shape']}, "
+                         f"but the model makes {meta['dataset']} {meta['image_shape']}; train one on the same data and size: "
+                         f"ldmcourse train classifier --dataset {meta['dataset']} --image-size {meta['image_shape'][-1]} "
+                         f"--out runs/classifier-{meta['dataset']}-{meta['image_shape'][-1]} and pass --option classifier=PATH")
+    return net, path
+
+
 @metric_options(passes_rest=True, classifier=(str, None), sampler=(str, None), steps=(int, 1), batch_size=(int, 1),
                 n_boot=(int, 1))
 @torch.no_grad()
@@ -94,19 +114,7 @@ def fid_metric(model, meta, test_data, device, options):
     from . import get_recipe
 
     opts = dict(options)
-    path = Path(opts.pop("classifier", default_classifier_path(meta["dataset"])))
-    if not path.exists() and "classifier" not in options:  # else the zoo's, when it is trained
-        path = _zoo_classifier(meta) or path
-    if not path.exists():
-        raise FileNotFoundError(f"no feature classifier at {path}; train one first: "
-                                f"ldmcourse train classifier --dataset {meta['dataset']} --out {path.parent} "
-                                f"or `ldmcourse zoo train classifier-{meta['dataset']}` (or pass --option classifier=PATH)")
-    net, cmeta = load_classifier(path, device)
-    if cmeta["dataset"] != meta["dataset"] or list(cmeta["image_shape"]) != list(meta["image_shape"]):
-        raise ValueError(f"the classifier at {path} was trained on {cmeta['dataset']} {cmeta['image_shape']}, "
-                         f"but the model makes {meta['dataset']} {meta['image_shape']}; train one on the same data and size: "
-                         f"ldmcourse train classifier --dataset {meta['dataset']} --image-size {meta['image_shape'][-1]} "
-                         f"--out runs/classifier-{meta['dataset']}-{meta['image_shape'][-1]} and pass --option classifier=PATH")
+    net, path = course_classifier(meta, opts.pop("classifier", None), device)
     recipe = get_recipe(meta["kind"])
     if recipe.sample is None:
         raise ValueError(f"a {meta['kind']!r} model cannot sample, so it has no FID")

@@ -133,6 +133,8 @@ class SampleOptions(SamplerChoice):
     guidance: float | None = field(default=None, metadata={
         "help": "classifier-free guidance scale S (0: unconditional, 1: conditional; needs --class)"})
     class_label: int | None = field(default=None, metadata={"flag": "--class", "help": "class label C to sample"})
+    prompt: str | None = field(default=None, metadata={
+        "help": 'text-conditioned models (train ldm --text): the caption to sample, e.g. "a thin three"'})
 
     def __post_init__(self):
         super().__post_init__()
@@ -141,8 +143,10 @@ class SampleOptions(SamplerChoice):
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
         if self.class_label is not None and self.class_label < 0:
             raise ValueError(f"--class {self.class_label} must be >= 0")
-        if self.guidance is not None and self.class_label is None:
-            raise ValueError("--guidance needs a class to guide towards: add --class C")
+        if self.prompt is not None and self.class_label is not None:
+            raise ValueError("give --class C (class-conditional models) or --prompt TEXT (text-conditioned), not both")
+        if self.guidance is not None and self.class_label is None and self.prompt is None:
+            raise ValueError("--guidance needs a class or a prompt to guide towards: add --class C (or --prompt TEXT)")
 
 
 class CountCalls:
