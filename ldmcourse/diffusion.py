@@ -59,6 +59,8 @@ class DiffusionConfig:
     sample_steps: int = 50  # default sampler steps
     spacing: str = "leading"  # leading | trailing | linspace; leading: course FID 28/19/11 vs trailing 44/44/43 at
     # 10/20/50 DDIM steps on the cpu-profile Fashion-MNIST DDPM (benchmarks/results/sampling_grid_cpu.json)
+    guidance: float = 1.0  # default classifier-free guidance scale when a class (or prompt) is given; 1: the plain
+    # conditional model, 0: unconditional
 
     def __post_init__(self):
         from .samplers import SAMPLERS  # at call time: ldmcourse.samplers imports this module
@@ -77,6 +79,8 @@ class DiffusionConfig:
             raise ValueError(f"--p-uncond {self.p_uncond} must be in [0, 1)")
         if self.gamma <= 0:
             raise ValueError(f"--gamma {self.gamma} must be > 0")
+        if not self.guidance >= 0:
+            raise ValueError(f"--guidance {self.guidance} must be >= 0 (1: the conditional model, 0: unconditional)")
 
     def make_schedule(self) -> Schedule:
         return make_schedule(self.schedule, self.T)

@@ -346,3 +346,25 @@ def test_cli_sample_and_inpaint_refuse_nonsense(tmp_path, capsys):
     assert "one decoder pass: --sampler ddim, --steps 5 do(es) not apply" in capsys.readouterr().err
     assert main(["sample", "--ckpt", str(vae / "checkpoint.pt"), "--out", png, "--class", "1"]) == 2
     assert "takes no --class" in capsys.readouterr().err
+
+
+def test_guidance_default_comes_from_the_config():
+    """A class given without --guidance samples at DiffusionConfig.guidance (the ldm sizes set 3, measured)."""
+    from ldmcourse.diffusion import DiffusionConfig
+    from ldmcourse.recipes.ddpm import DDPMConfig, build, sample_with
+
+    with pytest.raises(ValueError, match="guidance"):
+        DiffusionConfig(guidance=-1.0)
+    cfg = DDPMConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention=(), groups=4, num_classes=3,
+                     p_uncond=0.1, T=50, guidance=2.5)
+    torch.manual_seed(0)
+    net = build(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():  # random, non-zero weights so the class matters
+            p.add_(0.1 * torch.randn_like(p))
+
+    def draw(**kw):
+        return sample_with(net, cfg, (1, 8, 8), 2, torch.Generator().manual_seed(0), "cpu", steps=5, y=1, **kw)
+
+    assert torch.equal(draw(), draw(guidance=2.5))
+    assert not torch.equal(draw(), draw(guidance=1.0))

@@ -100,7 +100,7 @@ def class_eps_model(eps, cfg, y, guidance: float | None):
             raise ValueError("--guidance needs a class to guide towards: add --class C")
         return eps
     check_class(y, cfg.num_classes)
-    return cfg_eps_model(eps, int(y), 1.0 if guidance is None else guidance, uncond=cfg.num_classes)
+    return cfg_eps_model(eps, int(y), cfg.guidance if guidance is None else guidance, uncond=cfg.num_classes)
 
 
 def sample_with(model, cfg: DDPMConfig, shape, n, generator, device, sampler=None, steps=None, batch_size=256,
