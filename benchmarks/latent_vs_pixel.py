@@ -49,6 +49,54 @@ def crossing(curve: list[dict], target: float) -> float | None:
     return None
 
 
+def summarize(curves: dict[str, list[dict]], fs_seconds: float | None) -> dict:
+    """The common FID (the latent run's final FID), the training seconds each space needs to reach it, and
+    pixel ÷ latent with and without the first stage's seconds. If the pixel curve never reaches it, the
+    ratio is only bounded below: by the pixel run's last training seconds over the latent's."""
+    common = curves["latent"][-1]["fid"]
+    t_latent = crossing(curves["latent"], common)
+    t_pixel = crossing(curves["pixel"], common)
+    last_pixel = curves["pixel"][-1]["train_seconds"]
+    out = {"common_fid": common, "latent_seconds": t_latent, "pixel_seconds": t_pixel,
+           "pixel_reached_common_fid": t_pixel is not None, "first_stage_train_seconds": fs_seconds,
+           "pixel_last_seconds": last_pixel, "pixel_last_fid": curves["pixel"][-1]["fid"]}
+    t_p, bound = (t_pixel, False) if t_pixel is not None else (last_pixel, True)
+    out["ratio_without_first_stage"] = t_p / t_latent if t_latent else None
+    out["ratio_with_first_stage"] = t_p / (t_latent + fs_seconds) if t_latent and fs_seconds else None
+    out["ratio_is_lower_bound"] = bound  # True: the pixel run stopped above the common FID
+    return out
+
+
+def plot(summary: dict, path: str) -> None:
+    """FID against training seconds for both spaces on one log-y plot, with the floor and the common FID."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = summary["curves"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for space, curve in curves.items():
+        ax.errorbar([r["train_seconds"] for r in curve], [r["fid"] for r in curve],
+                    yerr=[[r["fid"] - r["fid_ci95"][0] for r in curve], [r["fid_ci95"][1] - r["fid"] for r in curve]],
+                    marker="o", capsize=2, label=space)
+    ax.axhline(curves["latent"][-1]["fid_floor"], color="grey", ls=":", label="real-vs-real floor")
+    ax.axhline(summary["common_fid"], color="k", ls="--", lw=0.8, label="common FID")
+    ax.set(xlabel="training seconds", ylabel="course FID", yscale="log", title=f"latent vs pixel ({summary.get('profile')})")
+    ax.legend()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def from_rows(path: str, fs_seconds: float | None) -> dict:
+    """A summary from the JSON rows a (possibly interrupted) run printed, one per FID point."""
+    curves: dict[str, list[dict]] = {"latent": [], "pixel": []}
+    for line in open(path):
+        if line.startswith('{"space"'):
+            row = json.loads(line)
+            curves[row["space"]].append(row)
+    return summarize(curves, fs_seconds) | {
+        "curves": curves, "sample_seconds_per_image": {k: c[-1]["sample_seconds_per_image"] for k, c in curves.items() if c}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default=None)
@@ -60,11 +108,24 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--pixel-steps", type=int, default=None, help="training steps of the pixel run (default: the same)")
+    p.add_argument("--pixel-max-seconds", type=float, default=None,
+                   help="stop the pixel run after this many training seconds (its last point is then taken there)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/latent_vs_pixel", help="checkpoints of the two runs")
     p.add_argument("--out", default=None)
     p.add_argument("--plot", default=None)
+    p.add_argument("--from-rows", default=None, help="summarise the rows printed by an earlier (interrupted) run")
+    p.add_argument("--first-stage-seconds", type=float, default=None, help="with --from-rows")
     args = p.parse_args()
+    if args.from_rows:
+        summary = from_rows(args.from_rows, args.first_stage_seconds) | {"profile": args.profile, "n": args.n,
+                                                                         "ddim_steps": args.steps, "guidance": args.guidance}
+        if args.out:
+            Path(args.out).write_text(json.dumps(summary, indent=2))
+        if args.plot:
+            plot(summary, args.plot)
+        print(json.dumps({k: v for k, v in summary.items() if k != "curves"}))
+        return
 
     profile = get_profile(args.profile)
     device = torch.device("cpu")
@@ -83,6 +144,8 @@ def main() -> None:
     y = torch.arange(args.n) % 10
 
     curves, sample_s = {}, {}
+    if args.out:
+        Path(args.out).with_suffix(".partial.jsonl").unlink(missing_ok=True)
     for space, first_stage in (("latent", str(fs_resolved.checkpoint)), ("pixel", "none")):
         cfg = recipe.model_config(**{**sizes.get("model", {}), "first_stage": first_stage, "in_channels": 1, "image_size": 32})
         fit_over = {**sizes.get("fit", {}), "progress": False}
@@ -97,11 +160,12 @@ def main() -> None:
             (work / "checkpoint.pt").unlink()  # every run starts from step 0: the seconds must be this run's
         every = args.pixel_every_s if space == "pixel" and args.pixel_every_s else args.every_s
         seconds, step, next_point, curve = 0.0, 0, every, []
-        while step < fcfg.steps:
+        budget = args.pixel_max_seconds if space == "pixel" and args.pixel_max_seconds else float("inf")
+        while step < fcfg.steps and seconds < budget:
             res = fit(model, recipe.loss(cfg), train, fcfg, device=device, out_dir=work, resume=step > 0, meta=meta,
                       stop_after=args.chunk)
             seconds, step = seconds + res.seconds, res.step
-            if seconds >= next_point or step >= fcfg.steps:
+            if seconds >= next_point or step >= fcfg.steps or seconds >= budget:
                 ema = res.best_model.eval()
                 g = torch.Generator().manual_seed(args.seed + 1)
                 t0 = time.perf_counter()
@@ -114,40 +178,23 @@ def main() -> None:
                        "sample_seconds_per_image": secs / args.n, "loadavg": [round(v, 2) for v in os.getloadavg()]}
                 curve.append(row)
                 print(json.dumps(row), flush=True)
+                if args.out:  # the curve so far, so an interrupted run keeps its points
+                    partial = Path(args.out).with_suffix(".partial.jsonl")
+                    with open(partial, "a") as f:
+                        f.write(json.dumps(row) + "\n")
                 next_point = seconds + every
         curves[space] = curve
         sample_s[space] = curve[-1]["sample_seconds_per_image"]
 
-    common = curves["latent"][-1]["fid"]
-    t_latent = crossing(curves["latent"], common)
-    t_pixel = crossing(curves["pixel"], common)
-    summary = {
+    summary = summarize(curves, fs_seconds) | {
         "profile": profile, "dataset": args.dataset, "n": args.n, "ddim_steps": args.steps, "guidance": args.guidance,
-        "classifier": str(clf_path), "first_stage": str(fs_resolved.checkpoint), "first_stage_train_seconds": fs_seconds,
-        "common_fid": common, "latent_seconds": t_latent, "pixel_seconds": t_pixel,
-        "ratio_without_first_stage": (t_pixel / t_latent) if t_pixel and t_latent else None,
-        "ratio_with_first_stage": (t_pixel / (t_latent + fs_seconds)) if t_pixel and t_latent and fs_seconds else None,
-        "pixel_reached_common_fid": t_pixel is not None,
-        "sample_seconds_per_image": sample_s, "curves": curves,
-    }
+        "classifier": str(clf_path), "first_stage": str(fs_resolved.checkpoint), "sample_seconds_per_image": sample_s,
+        "curves": curves}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(summary, indent=2))
     if args.plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for space, curve in curves.items():
-            ax.errorbar([r["train_seconds"] for r in curve], [r["fid"] for r in curve],
-                        yerr=[[r["fid"] - r["fid_ci95"][0] for r in curve], [r["fid_ci95"][1] - r["fid"] for r in curve]],
-                        marker="o", capsize=2, label=space)
-        ax.axhline(curves["latent"][-1]["fid_floor"], color="grey", ls=":", label="real-vs-real floor")
-        ax.axhline(common, color="k", ls="--", lw=0.8, label="common FID")
-        ax.set(xlabel="training seconds", ylabel="course FID", yscale="log", title=f"latent vs pixel ({profile})")
-        ax.legend()
-        fig.savefig(args.plot, dpi=120, bbox_inches="tight")
+        plot(summary, args.plot)
     print(json.dumps({k: v for k, v in summary.items() if k != "curves"}))
 
 
