@@ -216,7 +216,10 @@ def _celeba(split: str, root: Path, size: int, download: bool) -> Dataset:
 
 
 def _notice(msg: str) -> None:
-    """Say which source replaced the one asked for (never silently); stderr with LDMCOURSE_NOTICE_STDERR."""
+    """Say which source replaced the one asked for (never silently); stderr with LDMCOURSE_NOTICE_STDERR.
+    Paths inside the checkout are shown relative to it (notebook outputs carry no machine's paths)."""
+    checkout = str(Path(__file__).resolve().parent.parent) + os.sep
+    msg = msg.replace(checkout, "").replace(str(Path.home()) + os.sep, "~" + os.sep)
     print(f"[ldmcourse.data] NOTICE: {msg}", file=sys.stderr if os.environ.get("LDMCOURSE_NOTICE_STDERR") else sys.stdout)
 
 
