@@ -175,6 +175,24 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, loss: str = "l2",
         e = F.huber_loss(pred, target, reduction="none", delta=huber_delta)
     return e.flatten(1).mean(1)
 
+def call_with_labels(model: Callable, x_t: torch.Tensor, t: torch.Tensor, y, num_classes: int | None,
+                     p_uncond: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``model(x_t, t)`` for an unconditional model (``num_classes`` None), else ``model(x_t, t, y)`` with each
+    label replaced by the null class K with probability ``p_uncond`` (classifier-free guidance training,
+    Ho & Salimans 2022). Shared by the diffusion and the flow-matching losses."""
+    if num_classes is None:
+        if p_uncond:
+            raise ValueError("p_uncond > 0 needs a class-conditional model (UNetConfig.num_classes) or num_classes=")
+        return model(x_t, t)
+    if y is None:
+        raise ValueError("a class-conditional model needs batches (x, y) with labels y")
+    y = y.to(x_t.device).long()
+    if p_uncond > 0:
+        drop = torch.rand(len(y), generator=generator, device=x_t.device) < p_uncond
+        y = torch.where(drop, torch.full_like(y, num_classes), y)
+    return model(x_t, t, y)
+
+
 
 def diffusion_loss(model, batch, generator: torch.Generator | None = None, *, schedule: Schedule,
                    prediction: str = "eps", loss: str = "l2", weighting: str = "simple", gamma: float = 5.0,
@@ -199,18 +217,7 @@ def diffusion_loss(model, batch, generator: torch.Generator | None = None, *, sc
     x_t = q_sample(x0, t, schedule, noise)
 
     K = num_classes if num_classes is not None else getattr(getattr(model, "config", None), "num_classes", None)
-    if K is None:
-        if p_uncond:
-            raise ValueError("p_uncond > 0 needs a class-conditional model (UNetConfig.num_classes) or num_classes=")
-        pred = model(x_t, t)
-    else:
-        if y is None:
-            raise ValueError("a class-conditional model needs batches (x, y) with labels y")
-        y = y.to(x0.device).long()
-        if p_uncond > 0:
-            drop = torch.rand(B, generator=generator, device=x0.device) < p_uncond
-            y = torch.where(drop, torch.full_like(y, K), y)
-        pred = model(x_t, t, y)
+    pred = call_with_labels(model, x_t, t, y, K, p_uncond, generator)
 
     per_sample = elementwise_loss(pred.float(), target_for(prediction, x0, noise, t, schedule).float(), loss, huber_delta)
     w = loss_weight(weighting, t, schedule, prediction, gamma).to(per_sample)
@@ -391,6 +398,6 @@ def vlb_bpd(eps_model, data: torch.Tensor, schedule: Schedule, variance: str = "
     return {**out, "n": n, "n_t": len(ts), "t": ts.tolist(), "kl_per_t": [bits_per_dim(float(v) / n, dims) for v in kl_t]}
 
 
-__all__ = ["PREDICTIONS", "LOSSES", "WEIGHTINGS", "VARIANCES", "DiffusionConfig", "alpha_sigma", "q_sample", "target_for", "to_eps", "to_x0",
+__all__ = ["call_with_labels", "PREDICTIONS", "LOSSES", "WEIGHTINGS", "VARIANCES", "DiffusionConfig", "alpha_sigma", "q_sample", "target_for", "to_eps", "to_x0",
            "as_eps_model", "loss_weight", "elementwise_loss", "diffusion_loss", "ddpm_sample", "normal_kl",
            "discretized_gaussian_log_likelihood", "model_log_variance", "vlb_terms", "vlb_timesteps", "vlb_bpd"]

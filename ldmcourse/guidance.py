@@ -89,4 +89,5 @@ def guided_velocity(model, y, scale: float, num_classes: int | None = None, batc
     return cfg_eps_model(lambda x, t, y=None: model(x, t, y), y, scale, uncond=K, batched=batched)
 
 
+
 __all__ = ["check_class", "cfg_eps_model", "guided_velocity"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..diffusion import call_with_labels
 from ..utils import randn_like
 from .paths import GaussianPath, make_path
 
@@ -59,18 +60,7 @@ def flow_loss(model, batch, generator: torch.Generator | None = None, *, path: G
     x_t, u_t = path.sample(x0, noise, t)
 
     K = num_classes if num_classes is not None else getattr(getattr(model, "config", None), "num_classes", None)
-    if K is None:
-        if p_uncond:
-            raise ValueError("p_uncond > 0 needs a class-conditional model (UNetConfig.num_classes) or num_classes=")
-        pred = model(x_t, time_scale * t)
-    else:
-        if y is None:
-            raise ValueError("a class-conditional model needs batches (x, y) with labels y")
-        y = y.to(x0.device).long()
-        if p_uncond > 0:
-            drop = torch.rand(B, generator=generator, device=x0.device) < p_uncond
-            y = torch.where(drop, torch.full_like(y, K), y)
-        pred = model(x_t, time_scale * t, y)
+    pred = call_with_labels(model, x_t, time_scale * t, y, K, p_uncond, generator)
     loss = ((pred.float() - u_t.float()) ** 2).mean()
     return loss, {"loss": float(loss.detach())}
 
