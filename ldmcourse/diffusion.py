@@ -175,6 +175,7 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, loss: str = "l2",
         e = F.huber_loss(pred, target, reduction="none", delta=huber_delta)
     return e.flatten(1).mean(1)
 
+
 def call_with_labels(model: Callable, x_t: torch.Tensor, t: torch.Tensor, y, num_classes: int | None,
                      p_uncond: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """``model(x_t, t)`` for an unconditional model (``num_classes`` None), else ``model(x_t, t, y)`` with each
