@@ -199,17 +199,16 @@ def pixel_pca_fd(samples: torch.Tensor, reference: torch.Tensor, basis) -> float
 
 
 @torch.no_grad()
-def sample_fd_metric(model, meta, test_data, device, options):
-    """Pixel-PCA Fréchet distance of n = min(len(test), ``max_n``=1000) samples to n test images, and the
-    real-vs-real floor (n held-out training images vs the same test images)."""
+def sample_fd_report(sample_fn, model, meta, test_data, device, opts: dict, sampler: str) -> dict:
+    """Pixel-PCA Fréchet distance of n = min(len(test), ``max_n``) samples of ``sample_fn`` to n test images, and
+    the real-vs-real floor (n held-out training images vs the same test images). ``opts`` (with ``steps`` and
+    ``max_n`` already defaulted) go to ``sample_fn``; ``sampler``: the one used when ``opts`` names none."""
     from ..data import load_dataset
 
-    opts = _defaults(meta, options, steps=(100, 5), max_n=(1000, 32))
     n = min(len(test_data), int(opts.pop("max_n")))
     g = torch.Generator(device=device).manual_seed(int(opts.pop("seed", 0)))
     k = int(opts.pop("k", 32))
-    opts.setdefault("sampler", "ddpm")
-    x = sample(model, meta, n, g, device, **opts).cpu()
+    x = sample_fn(model, meta, n, g, device, **opts).cpu()
     train = load_dataset(meta["dataset"], "train", size=meta["image_shape"][-1], root=meta.get("data_root"), download=False)
     tr, _ = train.tensors()
     perm = torch.randperm(len(tr), generator=torch.Generator().manual_seed(0))
@@ -217,7 +216,14 @@ def sample_fd_metric(model, meta, test_data, device, options):
     test, _ = test_data.tensors()
     test = test[:n]
     return {"pixel_pca_fd": pixel_pca_fd(x, test, basis), "floor_train_vs_test": pixel_pca_fd(tr[perm[len(tr) // 2:][:n]], test, basis),
-            "n": n, "steps": opts["steps"], "sampler": opts.get("sampler", "ddpm")}
+            "n": n, "steps": opts["steps"], "sampler": opts.get("sampler") or sampler}
+
+
+def sample_fd_metric(model, meta, test_data, device, options):
+    """:func:`sample_fd_report` on ddpm's ancestral sampler (100 steps; 5 and 32 images for smoke)."""
+    opts = _defaults(meta, options, steps=(100, 5), max_n=(1000, 32))
+    opts.setdefault("sampler", "ddpm")
+    return sample_fd_report(sample, model, meta, test_data, device, opts, "ddpm")
 
 
 RECIPES = {

@@ -260,26 +260,13 @@ def picture(model, cfg: FlowConfig, data, device, generator):
     return sample_with(model, cfg, 32, generator, device, batch_size=32, y=y), "samples.png"
 
 
-@torch.no_grad()
 def sample_fd_metric(model, meta, test_data, device, options):
     """The pixel-PCA Fréchet distance of the ddpm recipe (a proxy until FID: see ``recipes/ddpm.py``),
     on this recipe's samples; options ``sampler`` (the config's, euler), ``steps`` (the config's sample_steps; 5 for smoke), ``max_n`` (1000; 32)."""
-    from ..data import load_dataset
-    from .ddpm import _defaults, pca_basis, pixel_pca_fd
+    from .ddpm import _defaults, sample_fd_report
 
     opts = _defaults(meta, options, steps=(_cfg(meta).sample_steps, 5), max_n=(1000, 32))
-    n = min(len(test_data), int(opts.pop("max_n")))
-    g = torch.Generator(device=device).manual_seed(int(opts.pop("seed", 0)))
-    k = int(opts.pop("k", 32))
-    x = sample(model, meta, n, g, device, **opts).cpu()
-    train = load_dataset(meta["dataset"], "train", size=meta["image_shape"][-1], root=meta.get("data_root"), download=False)
-    tr, _ = train.tensors()
-    perm = torch.randperm(len(tr), generator=torch.Generator().manual_seed(0))
-    basis = pca_basis(tr[perm[: len(tr) // 2]], k)
-    test, _ = test_data.tensors()
-    test = test[:n]
-    return {"pixel_pca_fd": pixel_pca_fd(x, test, basis), "floor_train_vs_test": pixel_pca_fd(tr[perm[len(tr) // 2:][:n]], test, basis),
-            "n": n, "steps": opts["steps"], "sampler": opts.get("sampler") or _cfg(meta).sampler}
+    return sample_fd_report(sample, model, meta, test_data, device, opts, _cfg(meta).sampler)
 
 
 RECIPES = {
