@@ -21,7 +21,8 @@ from . import Recipe, metric_options
 SIZES = {
     "smoke": {"fit": dict(steps=30, batch_size=64, lr=2e-3, warmup=5, log_every=10, ema_decay=None),
               "model": dict(channels=(8, 16, 32)), "data": dict(n_train=512), "eval": {"floor": dict(n=200, n_boot=10)}},
-    "cpu": {"fit": dict(steps=400, batch_size=128, lr=2e-3, weight_decay=0.05, warmup=30, log_every=50, ema_decay=0.99),
+    # cpu: 400 steps gave 97.9 % test accuracy on mnist5k (issue 14 asks >= 98 %): 800 steps
+    "cpu": {"fit": dict(steps=800, batch_size=128, lr=2e-3, weight_decay=0.05, warmup=30, log_every=50, ema_decay=0.99),
             "model": dict(channels=(16, 32, 64))},
     "gpu": {"fit": dict(steps=6000, batch_size=256, lr=2e-3, weight_decay=0.05, warmup=300, log_every=100, ema_decay=0.999),
             "model": dict(channels=(64, 128, 256))},
