@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -25,15 +24,7 @@ import torch
 from ldmcourse.classifier import load_classifier
 from ldmcourse.cli import load_model
 from ldmcourse.data import load_dataset
-from ldmcourse.metrics import extract_features, fid_report
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """95 % Wilson score interval of a binomial proportion k/n."""
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(centre - half, 4), round(centre + half, 4)]
+from ldmcourse.metrics import extract_features, fid_report, wilson_interval as wilson
 
 
 def main() -> None:

@@ -168,6 +168,19 @@ def kid(feats_a: torch.Tensor, feats_b: torch.Tensor, n_subsets: int = 100, subs
 # uncertainty, floor and the full report
 # ----------------------------------------------------------------------------------------------
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score interval of a binomial proportion k/n (default 95 %): class agreement, attribute adherence.
+
+    Unlike the normal approximation p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and keeps its coverage
+    near p = 0 or 1 (Wilson 1927; Brown, Cai & DasGupta 2001 recommend it for n ≥ 40)."""
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"wilson_interval needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(centre - half, 0.0), 4), round(min(centre + half, 1.0), 4)]
+
+
 def bootstrap_ci(stat: Callable[[torch.Tensor, torch.Tensor], float], feats_a: torch.Tensor, feats_b: torch.Tensor,
                  n_boot: int = 50, level: float = 0.95, generator: torch.Generator | None = None) -> tuple[float, float]:
     """Bootstrap interval of ``stat(a, b)``: resample both sets with replacement ``n_boot`` times, then

@@ -224,3 +224,13 @@ def test_generative_recipes_list_fid_and_the_cli_reports_it(tmp_path, capsys, mo
     with pytest.raises(ValueError, match="--image-size 28"):
         fid_metric(vae.build(cfg), meta, load_dataset("mnist5k", "test", size=28).subset(8), "cpu",
                    {"classifier": str(clf / "checkpoint.pt")})
+
+
+def test_wilson_interval_known_values_and_bad_input():
+    from ldmcourse.metrics import wilson_interval
+    # 962/1000 (the class agreement of issue 14's closing note): [0.948, 0.972]
+    lo, hi = wilson_interval(962, 1000)
+    assert abs(lo - 0.9483) < 2e-4 and abs(hi - 0.9722) < 2e-4
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0 and wilson_interval(10, 10)[0] > 0.6
+    with pytest.raises(ValueError, match="k <= n"):
+        wilson_interval(11, 10)
