@@ -14,9 +14,7 @@ import pytest
 from notebook_claims import stated_numbers, unsupported_claims
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
-KNOWN = {  # notebook -> unsupported numbers when the check was added (2026-12-02)
-    "03_nvae": 5, "04_noise_schedules": 2,
-}
+KNOWN: dict[str, int] = {}  # notebook -> unsupported numbers of a notebook not yet fixed (empty since 2026-12-02)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
