@@ -136,14 +136,16 @@ def main() -> None:
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--n-boot", type=int, default=200, help="paired-difference bootstrap draws")
     p.add_argument("--no-adaptive", action="store_true")
+    p.add_argument("--skip", nargs="*", default=[], help="zoo entries to leave out (their rows are absent from the JSON)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--out", default=None)
     args = p.parse_args()
     device, t_all = torch.device(args.device), time.perf_counter()
 
-    runs = plan(tuple(args.nfe))
-    names = sorted({r["entry"] for r in runs} | {e for _, e in ADAPTIVE})
+    runs = [r for r in plan(tuple(args.nfe)) if r["entry"] not in args.skip]
+    adaptive = [(label, e) for label, e in ADAPTIVE if e not in args.skip and not args.no_adaptive]
+    names = sorted({r["entry"] for r in runs} | {e for _, e in adaptive})
     models = {name: zoo.get(name, args.profile, device=device, verbose=False) for name in names}
     clf = zoo.get("classifier-mnist5k", args.profile, device=device, verbose=False)
     test = load_dataset("mnist5k", "test")
@@ -189,7 +191,7 @@ def main() -> None:
             print(json.dumps(diffs[-1]), flush=True)
 
     lipman = []
-    for label, name in ([] if args.no_adaptive else ADAPTIVE):
+    for label, name in adaptive:
         m, t0 = models[name], time.perf_counter()
         cfg, path = flow_cfg(m.meta), make_path(flow_cfg(m.meta).path)
         g = torch.Generator(device=device).manual_seed(args.seed)
@@ -207,7 +209,7 @@ def main() -> None:
         print(json.dumps(lipman[-1]), flush=True)
 
     out = {"benchmark": "flow_nfe", "command": "python " + " ".join(sys.argv), "profile": args.profile, "n": args.n,
-           "seed": args.seed, "guidance": args.guidance, "threads": torch.get_num_threads(),
+           "seed": args.seed, "guidance": args.guidance, "skipped": args.skip, "threads": torch.get_num_threads(),
            "models": {name: {k: (m.zoo or {}).get(k) for k in ("entry", "key", "steps", "train_seconds")}
                       for name, m in models.items()},
            "rows": rows, "paired_rf_minus_eps_best": diffs, "targets": targets(rows), "lipman_table1_style": lipman,
