@@ -49,7 +49,8 @@ BOOKKEEPING = ("progress", "log_every", "ckpt_every", "sample_every")  # FitConf
 class Entry:
     """One model of the zoo: ``ldmcourse train RECIPE --dataset DATASET`` plus ``model``/``fit``/``data`` overrides.
 
-    ``model["first_stage"] = "auto"`` (ldm, flow) means the zoo's first stage for the same dataset and profile.
+    ``model["first_stage"] = "auto"`` (ldm, flow) means the zoo's first stage for the same dataset and profile;
+    ``model["reflow_from"] = "zoo:NAME"`` (flow) the zoo entry NAME at the same profile as the teacher (trained first).
     """
 
     name: str
@@ -89,6 +90,15 @@ for _e in (
     Entry("fm-vp-mnist5k", "flow", "mnist5k",
           "flow matching on the VP diffusion path, else as rf-mnist5k (Lipman et al. 2023's OT-vs-diffusion path; notebook 11)",
           model=dict(first_stage="auto", path="vp", t_sampling="logit_normal", num_classes=10, p_uncond=0.1)),
+    # reflow and one-step distillation (Liu et al. 2022) of rf-mnist5k: the pairs (the recipe's reflow_pairs, 10,000 for
+    # cpu) come from the teacher's ODE at guidance 3 (ldm-mnist5k's default), so the student learns the guided map and
+    # samples with guidance 1 (no unconditional pass, hence no label dropout); the distilled model regresses rf2's own map
+    Entry("rf2-mnist5k", "flow", "mnist5k",
+          "2-rectified flow: rf-mnist5k retrained on its own (noise, guided sample) pairs (notebook 11)",
+          model=dict(reflow_from="zoo:rf-mnist5k", reflow_guidance=3.0, p_uncond=0.0)),
+    Entry("rf2-1step-mnist5k", "flow", "mnist5k",
+          "rf2-mnist5k distilled to one Euler step on its own pairs (notebook 11)",
+          model=dict(reflow_from="zoo:rf2-mnist5k", one_step=True, p_uncond=0.0)),
     # issue 17 (notebook 12): text-conditioned, the same first stage; the two backbones at the equal-parameter
     # configs of ldmcourse.text_ldm.notebook12_configs() (tests/test_text_wiring.py checks they agree)
     Entry("text-ldm-mnist5k", "ldm", "mnist5k",
@@ -161,6 +171,7 @@ class Resolved:
     model: dict[str, Any]
     first_stage: "Resolved | None"
     key: str
+    teacher: "Resolved | None" = None  # model["reflow_from"] = "zoo:NAME": that entry, trained before this one
 
     @property
     def dir(self) -> Path:
@@ -208,14 +219,23 @@ def resolve(name_or_entry: str | Entry, profile: str | None = None) -> Resolved:
         fs = resolve(first_stage_entry(e.dataset, {k: data[k] for k in ("image_size", "data_root")}), profile)
         model_over["first_stage"] = "auto"
     model = dataclasses.asdict(build_config(recipe.model_config, sizes.get("model", {}), model_over, where=f"zoo {e.name} model: "))
+    teacher = resolve(_teacher_name(e), profile) if _teacher_name(e) else None  # its key names the teacher's folder
     # what the key hashes: the fully resolved config, less the cache location and the bookkeeping that
     # cannot change the weights (fit resumes exactly, whatever the checkpoint and logging intervals)
     fit_key = {k: v for k, v in fit.items() if k not in BOOKKEEPING}
     model_key = {k: v for k, v in model.items() if model.get("text") or k not in _text_fields()}  # inert with text off
     identity = {"zoo": ZOO_VERSION, "recipe": e.recipe, "profile": profile, "data": data, "fit": fit_key, "model": model_key,
                 "first_stage": fs.dir.name if fs is not None else None}
+    if teacher is not None:  # only when there is one: the other entries keep their keys
+        identity["teacher"] = teacher.dir.name
     key = hashlib.sha256(json.dumps(_jsonable(identity), sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return Resolved(e, profile, data, fit, model, fs, key)
+    return Resolved(e, profile, data, fit, model, fs, key, teacher)
+
+
+def _teacher_name(e: Entry) -> str | None:
+    """NAME of ``reflow_from="zoo:NAME"`` (a reflowed or distilled flow whose teacher is a zoo entry), else None."""
+    v = e.model.get("reflow_from", "")
+    return v[len("zoo:"):] if isinstance(v, str) and v.startswith("zoo:") else None
 
 
 def _text_fields() -> set[str]:
@@ -252,7 +272,8 @@ def train_argv(r: Resolved, device: str = "auto", resume: bool = False) -> list[
     parser = build_parser(argv)
     train_parser = next(a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict)).choices["train"]
     dests = {a.dest: a.option_strings[0] for a in train_parser._actions if a.option_strings}
-    for prefix, over in (("", e.data), ("fit__", e.fit), ("model__", e.model)):
+    model_over = {**e.model, "reflow_from": str(r.teacher.checkpoint)} if r.teacher is not None else e.model
+    for prefix, over in (("", e.data), ("fit__", e.fit), ("model__", model_over)):
         for k, v in over.items():
             flag, words = dests.get(prefix + k), _flag_values(v)
             if flag is None or words is None:
@@ -332,6 +353,8 @@ def train(name: str | Entry, profile: str | None = None, device: str = "auto", r
         shutil.rmtree(r.dir)
     if r.first_stage is not None:  # a latent entry's first stage comes first (and is then found by cmd_train)
         train(r.first_stage.entry, r.profile, device=device, verbose=verbose)
+    if r.teacher is not None:  # so is a reflowed model's teacher (whose own first stage comes before it)
+        train(r.teacher.entry, r.profile, device=device, verbose=verbose)
     state = status(r)
     if state == "trained":
         return r
@@ -372,6 +395,7 @@ def train(name: str | Entry, profile: str | None = None, device: str = "auto", r
         "wall_seconds": round(sum(s["seconds"] for s in sessions), 2), "sessions": sessions,
         "command": r.command, "train_command": shlex.join(["ldmcourse", *train_argv(r, device)]),
         "machine": machine(summary["device"]), "first_stage": r.first_stage.dir.name if r.first_stage else None,
+        **({"teacher": r.teacher.dir.name} if r.teacher is not None else {}),
         "eval": summary.get("eval"), "config": {"data": r.data, "fit": r.fit, "model": r.model},
     }
     _write_record(r, rec)

@@ -28,3 +28,36 @@ def test_latent_vs_pixel_reads_the_time_to_equal_fid():
     # a pixel run stopped above the common FID only bounds the ratio from below, and says so
     s = lvp.summarize({"latent": latent, "pixel": pixel[:2]}, fs_seconds=60.0)
     assert s["ratio_is_lower_bound"] and s["pixel_seconds"] is None and s["ratio_without_first_stage"] == 600 / 120
+
+
+def test_flow_nfe_plan_paired_difference_and_targets():
+    import torch
+
+    fn = _load("flow_nfe")
+    runs = fn.plan()
+    assert {r["nfe"] for r in runs if r["row"] == "rf heun"} == {2, 4, 8, 16, 32}  # Heun: 2 calls a step, no NFE 1
+    assert all(r["steps"] * fn.NFE_PER_STEP[r["sampler"]] == r["nfe"] for r in runs)
+    assert [r["nfe"] for r in runs if r["row"] == "rf2-1step"] == [1]
+    assert not any(r["guided"] for r in runs if r["entry"].startswith("rf2"))  # guidance is in their pairs
+    g = torch.Generator().manual_seed(0)
+    real, a = torch.randn(400, 4, generator=g), torch.randn(300, 4, generator=g)
+    same = fn.paired_fid_diff(a, a, real, n_boot=20)
+    assert same["diff"] == 0 and same["ci95"] == [0, 0]  # a row against itself: exactly no difference
+    d = fn.paired_fid_diff(a + 1.0, a, real, n_boot=50)
+    assert d["diff"] > 0 and d["ci95"][0] > 0 and d["ci95"][0] <= d["diff"] <= d["ci95"][1]
+    rows = [{"row": "rf2 euler", "nfe": 2, "fid": 1.4}, {"row": "eps ddim", "nfe": 4, "fid": 2.0},
+            {"row": "eps dpm++2m", "nfe": 4, "fid": 1.5}, {"row": "rf euler", "nfe": 32, "fid": 1.2},
+            {"row": "rf heun", "nfe": 32, "fid": 0.9}]
+    t = fn.targets(rows)
+    assert t["rf2@2 <= eps-best@4"]["met"] and t["rf2@2 <= eps-best@4"]["eps_best"] == "eps dpm++2m"
+    assert not t["rf2@2 <= 1.5 x rf@32"]["met"] and t["rf2@2 <= 1.5 x rf@32"]["rf_best"] == "rf heun"
+
+
+def test_flow_nfe_adaptive_solve_is_exact_on_a_linear_field():
+    import torch
+
+    fn = _load("flow_nfe")
+    x0 = torch.randn(3, 2, dtype=torch.float64)
+    x, nfe = fn.adaptive_solve(lambda x, t: -x, x0, 1.0, 0.0)  # dx/dt = -x from t = 1 to 0: x(0) = e x(1)
+    torch.testing.assert_close(x, x0 * torch.e, rtol=1e-4, atol=1e-4)
+    assert 6 <= nfe < 200

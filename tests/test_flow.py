@@ -397,3 +397,26 @@ def test_cli_latent_flow_on_a_first_stage(tmp_path):
     assert x.shape == (2, 1, 32, 32) and x.abs().max() <= 1
     assert main(["sample", "--ckpt", str(fl / "checkpoint.pt"), "--sampler", "dpm_solver++_2m", "--steps", "3", "--n", "2",
                  "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 0
+
+
+def test_reflow_pairs_follow_the_guided_teacher(monkeypatch):
+    """``reflow_guidance`` s: the pairs are Heun solutions of the teacher's guided velocity v_u + s (v_c - v_u) with the
+    drawn labels (the student learns the guided map); s = 1 is the plain conditional teacher; an unconditional teacher refuses s."""
+    import ldmcourse.run as run
+    from ldmcourse.recipes.flow import FlowConfig, teacher_pairs
+
+    torch.manual_seed(0)
+    net = MLP(num_classes=3)
+    net.latent_shape = (2,)
+    monkeypatch.setattr(run, "load_model", lambda *a, **k: (net, {}, None))
+    cfg = dict(reflow_from="t.pt", reflow_pairs=6, reflow_ode_steps=3, time_scale=1.0, teacher_config="{}")
+    x3, z, y = teacher_pairs(FlowConfig(num_classes=3, reflow_guidance=3.0, **cfg), "cpu")
+    x1, z1, y1 = teacher_pairs(FlowConfig(num_classes=3, **cfg), "cpu")
+    assert torch.equal(z, z1) and torch.equal(y, y1)  # the same noise and labels for every guidance scale
+    ref3 = flow.heun(guided_velocity(net, y, 3.0, num_classes=3), z, flow.time_grid(3))
+    ref1 = flow.heun(lambda x, t: net(x, t, y), z, flow.time_grid(3))
+    torch.testing.assert_close(x3, ref3)
+    torch.testing.assert_close(x1, ref1)
+    assert float((x3 - x1).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="class-conditional teacher"):
+        teacher_pairs(FlowConfig(reflow_guidance=3.0, **cfg), "cpu")

@@ -209,3 +209,31 @@ def test_latent_flow_entry_matches_ldm_and_trains(zroot):
     assert tuple(model.latent_shape) == (4, 8, 8)  # the f=4 first stage's latents, not pixels
     x = sample(model, ck["meta"], 2, torch.Generator().manual_seed(0), "cpu", sampler="heun", steps=2, y=3, guidance=2.0)
     assert x.shape == (2, 1, 32, 32) and bool(torch.isfinite(x).all()) and float(x.abs().max()) <= 1
+
+
+@pytest.mark.timeout(240)
+def test_reflow_entries_train_their_zoo_teachers_first(zroot, monkeypatch):
+    """rf2-mnist5k / rf2-1step-mnist5k: ``reflow_from="zoo:NAME"`` is that entry at the same profile, trained first,
+    its folder in the student's key (a changed teacher retrains the students), its checkpoint the student's --reflow-from."""
+    rf2, one = zoo.resolve("rf2-mnist5k", "smoke"), zoo.resolve("rf2-1step-mnist5k", "smoke")
+    assert rf2.teacher.dir == zoo.resolve("rf-mnist5k", "smoke").dir and one.teacher.dir == rf2.dir
+    assert zoo.resolve("rf2-mnist5k", "cpu").model["reflow_pairs"] >= 10_000  # issue 16: >= 10,000 pairs
+    argv = zoo.train_argv(one)
+    assert argv[argv.index("--reflow-from") + 1] == str(rf2.checkpoint) and "--one-step" in argv
+    assert zoo.resolve("rf-mnist5k", "smoke").teacher is None
+    monkeypatch.setitem(zoo.ENTRIES, "rf-mnist5k", dataclasses.replace(zoo.ENTRIES["rf-mnist5k"], fit=dict(steps=5)))
+    assert zoo.resolve("rf2-mnist5k", "smoke").key != rf2.key and zoo.resolve("rf2-1step-mnist5k", "smoke").key != one.key
+    monkeypatch.undo()
+    monkeypatch.setenv("LDMCOURSE_ZOO", str(zroot))
+    kl = zoo.ENTRIES["kl-f4-mnist5k"]
+    monkeypatch.setitem(zoo.ENTRIES, kl.name, dataclasses.replace(kl, fit=dict(steps=4, log_every=2)))
+    one = zoo.resolve("rf2-1step-mnist5k", "smoke")
+    zoo.train("rf2-1step-mnist5k", "smoke", verbose=False)  # trains kl-f4, rf, rf2, then the one-step model
+    for r in (one, one.teacher, one.teacher.teacher):
+        assert zoo.status(r) == "trained"
+    ck = torch.load(one.checkpoint, weights_only=True)
+    cfg = ck["meta"]["model_config"]
+    assert cfg["one_step"] and cfg["reflow_from"] == str(one.teacher.checkpoint) and cfg["path"] == "linear"
+    assert zoo.record(one)["teacher"] == one.teacher.dir.name
+    assert cfg["reflow_guidance"] == 1.0
+    assert torch.load(one.teacher.checkpoint, weights_only=True)["meta"]["model_config"]["reflow_guidance"] == 3.0

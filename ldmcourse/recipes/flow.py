@@ -66,6 +66,7 @@ class FlowConfig(UNetConfig):
     reflow_pairs: int = 10_000  # (sample, noise) pairs drawn from the teacher's ODE
     reflow_ode_steps: int = 32  # Heun steps of the teacher per pair (NFE 64)
     reflow_seed: int = 0  # seed of the pairs' noise (and labels)
+    reflow_guidance: float = 1.0  # the teacher's classifier-free guidance scale for the pairs (the student learns the guided map)
     one_step: bool = False  # with reflow_from: distil the one-step map z -> z - v(z, 1) (train at t = 1 only)
     teacher_config: str = ""  # filled in: the teacher's model config as JSON
 
@@ -107,6 +108,10 @@ def _sizes_of_ldm() -> dict:
 
 
 SIZES = _sizes_of_ldm()
+# reflow / distillation only (inert otherwise): few pairs for CI; for cpu 10,000 pairs (Liu et al.'s minimum in issue 16)
+# of a 16-step Heun solve (NFE 32, the teacher's near-converged FID; flow_nfe.py measures it)
+SIZES["smoke"]["model"].update(reflow_pairs=64, reflow_ode_steps=2)
+SIZES["cpu"]["model"].update(reflow_pairs=10_000, reflow_ode_steps=16)
 
 
 # what a reflowed / distilled student inherits from its teacher (the rest, e.g. t_sampling and p_uncond, is its own)
@@ -142,21 +147,25 @@ def build(cfg: FlowConfig):
 @torch.no_grad()
 def teacher_pairs(cfg: FlowConfig, device) -> tuple[torch.Tensor, ...]:
     """(x, z[, y]): ``reflow_pairs`` latents x = Φ(z) of the teacher's ODE (Heun, ``reflow_ode_steps``), the noise z
-    they came from and, for a class-conditional teacher, the uniformly drawn labels y it was conditioned on."""
+    they came from and, for a class-conditional teacher, the uniformly drawn labels y it was conditioned on (with
+    classifier-free guidance ``reflow_guidance``: the student then learns the guided map and samples unguided)."""
     from ..run import load_model
 
     teacher, _, _ = load_model(cfg.reflow_from, torch.device(device))
     g = torch.Generator(device="cpu").manual_seed(cfg.reflow_seed)
     n, K = cfg.reflow_pairs, cfg.num_classes
+    if cfg.reflow_guidance != 1.0 and not K:
+        raise ValueError("--reflow-guidance needs a class-conditional teacher (trained with --num-classes K)")
     z = torch.randn(n, *teacher.latent_shape, generator=g)
     y = torch.randint(0, K, (n,), generator=g) if K else None
     path = make_path(cfg.path)
     times = time_grid(cfg.reflow_ode_steps, path.t_range[1], path.t_range[0])
-    print(f"[ldmcourse] reflow: {n} pairs from {cfg.reflow_from} (Heun, {cfg.reflow_ode_steps} steps)", flush=True)
+    print(f"[ldmcourse] reflow: {n} pairs from {cfg.reflow_from} (Heun, {cfg.reflow_ode_steps} steps, "
+          f"guidance {cfg.reflow_guidance:g})", flush=True)
     xs = []
     for a in range(0, n, 256):
         yb = y[a:a + 256].to(device) if K else None
-        v = lambda x, t: teacher(x, cfg.time_scale * t.float(), yb)  # noqa: E731
+        v = velocity_model(teacher, cfg, yb, cfg.reflow_guidance if cfg.reflow_guidance != 1.0 else None)
         xs.append(get_flow_sampler("heun")(v, z[a:a + 256].to(device), times))
     return (torch.cat(xs), z.to(device)) + ((y.to(device),) if K else ())
 
