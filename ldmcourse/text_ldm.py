@@ -28,12 +28,13 @@ the diffusion process; none of those import each other.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from .captions import (CLASS_WORDS, CaptionBins, adherence, attributes, captions, default_bins, drop_attributes,
+from .captions import (ATTRIBUTES, CLASS_WORDS, UNSAID, CaptionBins, adherence, attributes, captions, default_bins, drop_attributes,
                        parse_caption)
 from .diffusion import as_eps_model, diffusion_loss
 from .dit import DiT, DiTConfig
@@ -199,18 +200,59 @@ def prompt_adherence(images: torch.Tensor, prompts: list[str], bins: CaptionBins
 
 @torch.no_grad()
 def ceiling_adherence(model: LatentDiffusion, data, bins: CaptionBins | None = None, n: int | None = None,
-                      batch_size: int = 256, classify: Callable | None = None) -> dict[str, dict]:
+                      batch_size: int = 256, classify: Callable | None = None, extremes: bool = False) -> dict[str, dict]:
     """Adherence of the first stage's reconstructions D(E(x)) of real digits ``data`` (an image data set
     with ``tensors()``) to their own captions: the ceiling for samples (issue 17's target is within
-    10 points of it). ``classify(images) -> labels`` (the course classifier) scores the class too."""
+    10 points of it). ``classify(images) -> labels`` (the course classifier) scores the class too.
+
+    ``extremes=True`` scores each attribute only on the digits whose own bin is an extreme one (thin or
+    bold, narrow or wide, left or right): the bins :data:`EVAL_PROMPTS` ask for, so the ceiling matched to
+    those prompts (an extreme bin has one neighbour to drift into, the middle bin two)."""
     bins = bins or default_bins()
     x, y = data.tensors()
     x, y = (x[:n], y[:n]) if n else (x, y)
     codes = attributes(x, y, bins)
+    if extremes:
+        attrs = codes[:, 1:]
+        attrs[attrs == 1] = UNSAID  # the middle bins (medium, regular, upright) are not scored
     dev = model.scale_factor.device
     rec = torch.cat([model.first_stage.decode(model.first_stage.encode(x[a:a + batch_size].to(dev), sample=False)).cpu()
                      for a in range(0, len(x), batch_size)])
     return adherence(rec, codes, bins, classify(rec) if classify is not None else None)
+
+
+@torch.no_grad()
+def evaluate_prompts(model: LatentDiffusion, schedule: Schedule, prompts: list[str], classify: Callable,
+                     guidance: float, generator: torch.Generator | None = None, steps: int = 25,
+                     device: str | torch.device = "cpu", prediction: str = "eps", bins: CaptionBins | None = None,
+                     batch_size: int = 256) -> dict:
+    """Sample one image per prompt (DDIM ``steps``, guidance ``guidance``) and score it: per attribute the
+    adherence to the prompt with a Wilson interval (``captions.adherence``), the class by ``classify(images)
+    -> labels`` (the course classifier). Returns {"adherence", "n", "seconds", "images"} (images in [-1, 1])."""
+    t0 = time.perf_counter()
+    x = sample_prompts(model, prompts, schedule, steps=steps, guidance=guidance, generator=generator, device=device,
+                       prediction=prediction, batch_size=batch_size).clamp(-1, 1).cpu()
+    seconds = time.perf_counter() - t0
+    return {"adherence": prompt_adherence(x, prompts, bins, predicted_class=classify(x)), "n": len(prompts),
+            "seconds": seconds, "images": x}
+
+
+def target_margin(adh: dict[str, dict], ceiling: dict[str, dict], class_target: float = 0.90,
+                  within: float = 0.10) -> float:
+    """How far samples clear issue 17's targets (negative: by how much they miss): the smallest of
+    ``class rate - class_target`` and, per attribute, ``rate - (ceiling - within)``."""
+    gaps = [adh["class"]["rate"] - class_target]
+    gaps += [adh[a]["rate"] - (ceiling[a]["rate"] - within) for a in ATTRIBUTES if a in adh]
+    return min(gaps)
+
+
+def choose_guidance(rows: dict[float, dict[str, dict]], ceiling: dict[str, dict], class_target: float = 0.90,
+                    within: float = 0.10) -> float:
+    """The guidance scale to report, chosen on one seed set: the smallest scale whose adherence ``rows[s]``
+    meets every target (:func:`target_margin` >= 0), else the scale with the largest margin."""
+    margins = {s: target_margin(a, ceiling, class_target, within) for s, a in rows.items()}
+    passing = sorted(s for s, m in margins.items() if m >= 0)
+    return passing[0] if passing else max(margins, key=margins.get)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -279,5 +321,5 @@ def loss_from_options(schedule: Schedule, opts: TextOptions, p_uncond: float = 0
 
 
 __all__ = ["BACKBONES", "build_backbone", "build_text_ldm", "CaptionedData", "text_diffusion_loss", "text_eps_model",
-           "sample_prompts", "picture_prompts", "attention_maps", "prompt_adherence", "ceiling_adherence", "count_parameters", "notebook12_configs",
+           "sample_prompts", "picture_prompts", "attention_maps", "prompt_adherence", "ceiling_adherence", "evaluate_prompts", "target_margin", "choose_guidance", "count_parameters", "notebook12_configs",
            "EVAL_PROMPTS", "PICTURE_PROMPTS", "TextOptions", "build_from_options", "loss_from_options"]

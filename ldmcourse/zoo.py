@@ -47,7 +47,8 @@ BOOKKEEPING = ("progress", "log_every", "ckpt_every", "sample_every")  # FitConf
 
 @dataclass(frozen=True)
 class Entry:
-    """One model of the zoo: ``ldmcourse train RECIPE --dataset DATASET`` plus ``model``/``fit``/``data`` overrides.
+    """One model of the zoo: ``ldmcourse train RECIPE --dataset DATASET`` plus ``model``/``fit``/``data`` overrides
+    (``profile_fit``: fit overrides for one profile only, e.g. the steps of the cpu profile).
 
     ``model["first_stage"] = "auto"`` (ldm, flow) means the zoo's first stage for the same dataset and profile;
     ``model["reflow_from"] = "zoo:NAME"`` (flow) the zoo entry NAME at the same profile as the teacher (trained first).
@@ -60,9 +61,16 @@ class Entry:
     model: dict[str, Any] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    profile_fit: dict[str, dict[str, Any]] = field(default_factory=dict)  # {profile: fit overrides} on top of ``fit``
 
 
 ENTRIES: dict[str, Entry] = {}
+
+# Training steps of the two text entries (issue 17): the same seconds of training for the U-Net and the DiT
+# (fit has no time limit, so each gets the steps that fill the budget at its own measured step time). Measured
+# together (fit, batch 64, 60 steps each, 2 threads, 2026-12-02, load 2.8): U-Net 80.8 ms, DiT 78.3 ms per step;
+# 4,000 U-Net steps (about 5.4 min, well inside issue 17's 15-minute budget) and 4,000 x 80.8 / 78.3 DiT steps.
+TEXT_STEPS = {"unet": 4000, "dit": 4130}
 
 
 def register(entry: Entry) -> Entry:
@@ -100,15 +108,18 @@ for _e in (
           "rf2-mnist5k distilled to one Euler step on its own pairs (notebook 11)",
           model=dict(reflow_from="zoo:rf2-mnist5k", one_step=True, p_uncond=0.0)),
     # issue 17 (notebook 12): text-conditioned, the same first stage; the two backbones at the equal-parameter
-    # configs of ldmcourse.text_ldm.notebook12_configs() (tests/test_text_wiring.py checks they agree)
+    # configs of ldmcourse.text_ldm.notebook12_configs() (tests/test_text_wiring.py checks they agree), and at equal
+    # training time: the steps of each (TEXT_STEPS, cpu profile) come from both step times measured together
     Entry("text-ldm-mnist5k", "ldm", "mnist5k",
           "text-conditioned latent U-Net (cross-attention on captions) on kl-f4-mnist5k (notebook 12)",
           model=dict(first_stage="auto", text=True, backbone="unet", p_uncond=0.1, base_channels=32, channel_mult=(1, 2, 2),
-                     num_res_blocks=1, attention=(4,), head_dim=32, text_dim=64, text_depth=2, text_heads=4)),
+                     num_res_blocks=1, attention=(4,), head_dim=32, text_dim=64, text_depth=2, text_heads=4),
+          profile_fit={"cpu": dict(steps=TEXT_STEPS["unet"])}),
     Entry("text-dit-mnist5k", "ldm", "mnist5k",
           "text-conditioned latent DiT (adaLN-Zero, the same text encoder and cross-attention) on kl-f4-mnist5k (notebook 12)",
           model=dict(first_stage="auto", text=True, backbone="dit", p_uncond=0.1, dit_patch_size=2, dit_hidden_dim=96,
-                     dit_depth=6, dit_heads=4, text_dim=64, text_depth=2, text_heads=4)),
+                     dit_depth=6, dit_heads=4, text_dim=64, text_depth=2, text_heads=4),
+          profile_fit={"cpu": dict(steps=TEXT_STEPS["dit"])}),
     Entry("ddpm-fashion-mnist", "ddpm", "fashion-mnist",
           "pixel-space DDPM on Fashion-MNIST, cosine schedule, eps prediction (notebooks 05, 06, 10)"),
     Entry("classifier-mnist5k", "classifier", "mnist5k", "course classifier: FID/KID features, class agreement"),
@@ -206,6 +217,8 @@ def resolve(name_or_entry: str | Entry, profile: str | None = None) -> Resolved:
 
     e = entry(name_or_entry) if isinstance(name_or_entry, str) else name_or_entry
     profile = get_profile(profile)
+    if profile in e.profile_fit:  # this profile's own fit overrides become the entry's (and its command's flags)
+        e = dataclasses.replace(e, fit={**e.fit, **e.profile_fit[profile]}, profile_fit={})
     recipe = get_recipe(e.recipe)
     sizes = recipe.sizes.get(profile, {})
     data = {**DATA_FIELDS, **sizes.get("data", {}), **e.data, "dataset": e.dataset}

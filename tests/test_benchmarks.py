@@ -61,3 +61,19 @@ def test_flow_nfe_adaptive_solve_is_exact_on_a_linear_field():
     x, nfe = fn.adaptive_solve(lambda x, t: -x, x0, 1.0, 0.0)  # dx/dt = -x from t = 1 to 0: x(0) = e x(1)
     torch.testing.assert_close(x, x0 * torch.e, rtol=1e-4, atol=1e-4)
     assert 6 <= nfe < 200
+
+
+def test_text_adherence_reads_each_target_against_its_ceiling():
+    ta = _load("text_adherence")
+
+    def r(rate, n=100):
+        return {"rate": rate, "n": n, "ci95": (rate - 0.05, rate + 0.05)}
+
+    adh = {"class": r(0.93, 600), "thickness": r(0.71), "width": r(0.60), "slant": r(0.80)}
+    ceiling = {"class": r(0.97), "thickness": r(0.80), "width": r(0.75), "slant": r(0.85)}
+    t = ta.target_table(adh, ceiling)
+    assert list(t) == ["class", "thickness", "width", "slant"]
+    assert t["class"]["met"] and t["class"]["needs"] == 0.90 and "ceiling" not in t["class"]
+    assert t["thickness"]["met"] and abs(t["thickness"]["needs"] - 0.70) < 1e-12 and t["thickness"]["ceiling"] == 0.80
+    assert not t["width"]["met"] and t["slant"]["met"]  # 0.60 < 0.75 - 0.10; 0.80 >= 0.85 - 0.10
+    assert t["class"]["n"] == 600 and t["width"]["ci95"] == list(adh["width"]["ci95"])

@@ -271,6 +271,27 @@ def test_captioned_data_prompts_and_ceiling_agree_with_the_measures():
                            unet=UNetConfig(**SMALL))  # identity first stage: reconstructions are the digits
     res = ceiling_adherence(model, ds, classify=lambda im: ds.labels)
     assert all(r["rate"] == 1.0 for r in res.values()) and set(res) == {"thickness", "width", "slant", "class"}
+    ext = ceiling_adherence(model, ds, classify=lambda im: ds.labels, extremes=True)  # only the bins the prompts ask for
+    for j, a in enumerate(ATTRIBUTES, start=1):
+        assert ext[a]["n"] == int((codes[:, j] != 1).sum()) < 120 and ext[a]["rate"] == 1.0
+    assert ext["class"]["n"] == 120
+
+
+def test_guidance_is_the_smallest_scale_that_meets_every_target_else_the_closest():
+    from ldmcourse.text_ldm import choose_guidance, target_margin
+
+    def row(cls, th, wd, sl):
+        return {"class": {"rate": cls}, "thickness": {"rate": th}, "width": {"rate": wd}, "slant": {"rate": sl}}
+
+    ceiling = row(0.98, 0.80, 0.85, 0.75)  # targets: class >= 0.90, attributes >= 0.70, 0.75, 0.65
+    rows = {1.0: row(0.70, 0.60, 0.70, 0.60), 3.0: row(0.95, 0.72, 0.80, 0.70), 6.0: row(0.99, 0.75, 0.80, 0.66)}
+    assert target_margin(rows[1.0], ceiling) == pytest.approx(-0.20)  # the class misses by 20 points
+    assert target_margin(rows[3.0], ceiling) == pytest.approx(0.02)  # the thickness clears by 2 points
+    assert choose_guidance(rows, ceiling) == 3.0  # 3 and 6 pass: the smaller
+    rows[3.0]["width"]["rate"] = 0.70
+    rows[6.0]["slant"]["rate"] = 0.62
+    assert target_margin(rows[6.0], ceiling) == pytest.approx(-0.03) and target_margin(rows[3.0], ceiling) == pytest.approx(-0.05)
+    assert choose_guidance(rows, ceiling) == 6.0  # none passes: the closest
 
 
 def test_checkpointing_with_text_same_output_and_grads():

@@ -173,6 +173,20 @@ def test_zoo_text_entries_are_notebook12s_equal_parameter_configs():
     assert abs(n_dit / n_unet - 1) <= 0.10
 
 
+def test_text_entries_take_their_cpu_steps_only_in_the_cpu_profile():
+    """Equal training time: the cpu profile's steps of each backbone come from zoo.TEXT_STEPS (and reach the
+    `ldmcourse train` command); other profiles keep the recipe's steps."""
+    from ldmcourse.recipes import get_recipe
+
+    for name, backbone in (("text-ldm-mnist5k", "unet"), ("text-dit-mnist5k", "dit")):
+        cpu = zoo.resolve(name, "cpu")
+        assert cpu.fit["steps"] == zoo.TEXT_STEPS[backbone]
+        argv = cpu.train_argv()
+        assert argv[argv.index("--steps") + 1] == str(zoo.TEXT_STEPS[backbone])
+        smoke = zoo.resolve(name, "smoke")
+        assert smoke.fit["steps"] == get_recipe("ldm").sizes["smoke"]["fit"]["steps"] and "--steps" not in smoke.train_argv()
+
+
 def test_adherence_metric_scores_every_eval_prompt(text_runs, tmp_path, capsys):
     clf = tmp_path / "clf"
     assert main(["train", "classifier", "--out", str(clf), *COMMON]) == 0
