@@ -106,9 +106,10 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     auto = {k: v for k, v in (("in_channels", c), ("image_size", h)) if k in {f.name for f in dataclasses.fields(recipe.model_config)}}
     model_cfg = build_config(recipe.model_config, auto, *model_layers, where="model: ")
     fit_data = recipe.training_data(model_cfg, train_data)  # e.g. captioned digits (ldm --text); refused early
-    from .zoo import resolve_first_stage  # --first-stage auto (ldm, flow): the zoo's first stage, reused or trained
+    from .zoo import resolve_first_stage, resolve_teacher  # --first-stage auto (ldm, flow), --reflow-from zoo:NAME (flow)
 
     model_cfg = resolve_first_stage(recipe.name, model_cfg, data_cfg, profile, device, args)
+    model_cfg = resolve_teacher(model_cfg, profile, device)
     if hasattr(model_cfg, "first_stage"):  # latent diffusion: the first stage comes from its checkpoint, same data
         check_first_stage({**model_layers[1], **model_layers[2]}, model_cfg.first_stage, train_data.name)
     torch.manual_seed(fit_cfg.seed)  # the initial weights: recent PyTorch seeds its global generator per process

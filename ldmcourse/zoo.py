@@ -483,6 +483,15 @@ def list_entries(profile: str | None = None) -> list[dict[str, Any]]:
 # `ldmcourse train ldm --first-stage auto`
 # ----------------------------------------------------------------------------------------------
 
+def _ready(e: str | Entry, profile: str, device: torch.device | str, what: str) -> Resolved:
+    """Entry ``e`` reused or trained (a half-trained one resumes), said with :func:`describe`; refused if unfinished."""
+    r = train(e, profile, device=str(device))
+    if status(r) != "trained":
+        raise RuntimeError(f"{what} {r.dir} stopped before its last step; finish it with `{r.command}`")
+    print(describe(r))
+    return r
+
+
 def resolve_first_stage(recipe_name: str, model_cfg: Any, data_cfg: dict[str, Any], profile: str,
                         device: torch.device | str, args: Any = None) -> Any:
     """For a latent model (``ldm``, ``flow``) with ``first_stage == "auto"``: reuse or train the zoo's first stage
@@ -491,9 +500,20 @@ def resolve_first_stage(recipe_name: str, model_cfg: Any, data_cfg: dict[str, An
     if getattr(model_cfg, "first_stage", None) != "auto":
         return model_cfg
     fs = first_stage_entry(data_cfg["dataset"], {k: data_cfg.get(k) for k in ("image_size", "data_root")})
-    r = train(fs, profile, device=str(device))
-    if status(r) != "trained":
-        raise RuntimeError(f"the first stage {r.dir} stopped before its last step; finish it with `{r.command}`")
-    print(describe(r))
-    model_cfg.first_stage = str(r.checkpoint)
+    model_cfg.first_stage = str(_ready(fs, profile, device, "the first stage").checkpoint)
     return model_cfg
+
+
+def resolve_teacher(model_cfg: Any, profile: str, device: torch.device | str) -> Any:
+    """``ldmcourse train flow --reflow-from zoo:NAME``: reuse or train the zoo entry NAME at this profile and point
+    ``model_cfg.reflow_from`` at its checkpoint (as the zoo's own reflow entries do); anything else is left as is."""
+    v = getattr(model_cfg, "reflow_from", "")
+    if not (isinstance(v, str) and v.startswith("zoo:")):
+        return model_cfg
+    name = v[len("zoo:"):]
+    if entry(name).recipe != "flow":  # an unknown name lists the known entries
+        raise ValueError(f"--reflow-from zoo:{name}: a teacher must be a flow entry, not a {entry(name).recipe!r} one; "
+                         f"flow entries: {', '.join(sorted(n for n, e in ENTRIES.items() if e.recipe == 'flow'))}")
+    model_cfg.reflow_from = str(_ready(name, profile, device, "the teacher").checkpoint)
+    return model_cfg
+

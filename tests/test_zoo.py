@@ -237,3 +237,20 @@ def test_reflow_entries_train_their_zoo_teachers_first(zroot, monkeypatch):
     assert zoo.record(one)["teacher"] == one.teacher.dir.name
     assert cfg["reflow_guidance"] == 1.0
     assert torch.load(one.teacher.checkpoint, weights_only=True)["meta"]["model_config"]["reflow_guidance"] == 3.0
+
+
+@pytest.mark.timeout(240)
+def test_train_flow_reflow_from_a_zoo_entry_on_the_command_line(zroot, tmp_path, capsys):
+    """``ldmcourse train flow --reflow-from zoo:rf-mnist5k``: the teacher entry is reused or trained (here trained,
+    after its first stage), and the student's checkpoint records the teacher's checkpoint, not the zoo: name."""
+    out = tmp_path / "rf2-cli"
+    assert main(["train", "flow", "--profile", "smoke", "--reflow-from", "zoo:rf-mnist5k", "--reflow-pairs", "16",
+                 "--reflow-ode-steps", "2", "--steps", "3", "--out", str(out)]) == 0
+    teacher = zoo.resolve("rf-mnist5k", "smoke")
+    assert zoo.status(teacher) == "trained" and "[zoo] rf-mnist5k" in capsys.readouterr().out
+    cfg = torch.load(out / "checkpoint.pt", weights_only=True)["meta"]["model_config"]
+    assert cfg["reflow_from"] == str(teacher.checkpoint)
+    with pytest.raises(ValueError, match="must be a flow entry"):
+        zoo.resolve_teacher(type("C", (), {"reflow_from": "zoo:kl-f4-mnist5k"})(), "smoke", "cpu")
+    with pytest.raises(zoo.ZooError, match="known entries"):
+        zoo.resolve_teacher(type("C", (), {"reflow_from": "zoo:no-such"})(), "smoke", "cpu")

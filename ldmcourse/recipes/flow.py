@@ -7,6 +7,7 @@ latents of a course first stage: ``ldmcourse train flow``.
     ldmcourse sample --ckpt runs/flow/checkpoint.pt --sampler ddim --steps 8 --out samples.png   (the ε-samplers too)
     ldmcourse eval --ckpt runs/flow/checkpoint.pt --metric fid --option sampler=heun --option steps=16
     ldmcourse train flow --reflow-from runs/flow/checkpoint.pt --reflow-pairs 10000 --out runs/flow-2rf      (reflow)
+    ldmcourse train flow --reflow-from zoo:rf-mnist5k --out runs/flow-2rf    (the teacher: a zoo entry, reused or trained)
     ldmcourse train flow --reflow-from runs/flow-2rf/checkpoint.pt --one-step true --out runs/flow-2rf-1step
     ldmcourse sample --ckpt runs/flow-2rf-1step/checkpoint.pt --sampler euler --steps 1 --out one_step.png
 
