@@ -32,30 +32,12 @@ import time
 import torch
 
 from ldmcourse import zoo
-from ldmcourse.captions import ATTRIBUTES, CLASS_WORDS
+from ldmcourse.captions import CLASS_WORDS
 from ldmcourse.data import load_dataset
 from ldmcourse.metrics import extract_features, fid_report
 from ldmcourse.recipes import get_recipe
-from ldmcourse.text_ldm import (EVAL_PROMPTS, ceiling_adherence, choose_guidance, count_parameters, evaluate_prompts,
-                                sample_prompts, target_margin)
-
-CLASS_TARGET, WITHIN = 0.90, 0.10
-
-
-def target_table(adh: dict, ceiling: dict, class_target: float = CLASS_TARGET, within: float = WITHIN) -> dict:
-    """Per scored quantity: rate, interval, what it must reach and whether it does (class: ``class_target``;
-    each attribute: its ceiling minus ``within``)."""
-    out = {}
-    for a in ("class", *ATTRIBUTES):
-        if a not in adh:
-            continue
-        need = class_target if a == "class" else ceiling[a]["rate"] - within
-        row = {"rate": adh[a]["rate"], "ci95": list(adh[a]["ci95"]), "n": adh[a]["n"], "needs": need,
-               "met": bool(adh[a]["rate"] >= need)}
-        if a != "class":
-            row["ceiling"] = ceiling[a]["rate"]
-        out[a] = row
-    return out
+from ldmcourse.text_ldm import (CLASS_TARGET, EVAL_PROMPTS, WITHIN, ceiling_adherence, choose_guidance, count_parameters,
+                                evaluate_prompts, sample_prompts, target_margin, target_table)
 
 
 def _short(adh: dict) -> dict:

@@ -232,7 +232,8 @@ def resolve(name_or_entry: str | Entry, profile: str | None = None) -> Resolved:
         fs = resolve(first_stage_entry(e.dataset, {k: data[k] for k in ("image_size", "data_root")}), profile)
         model_over["first_stage"] = "auto"
     model = dataclasses.asdict(build_config(recipe.model_config, sizes.get("model", {}), model_over, where=f"zoo {e.name} model: "))
-    teacher = resolve(_teacher_name(e), profile) if _teacher_name(e) else None  # its key names the teacher's folder
+    teacher_name = _teacher_name(e)
+    teacher = resolve(teacher_name, profile) if teacher_name else None  # its key names the teacher's folder
     # what the key hashes: the fully resolved config, less the cache location and the bookkeeping that
     # cannot change the weights (fit resumes exactly, whatever the checkpoint and logging intervals)
     fit_key = {k: v for k, v in fit.items() if k not in BOOKKEEPING}
@@ -245,10 +246,14 @@ def resolve(name_or_entry: str | Entry, profile: str | None = None) -> Resolved:
     return Resolved(e, profile, data, fit, model, fs, key, teacher)
 
 
+def _zoo_name(value: Any) -> str | None:
+    """NAME of a ``reflow_from = "zoo:NAME"`` value (a teacher that is a zoo entry), else None."""
+    return value[len("zoo:"):] if isinstance(value, str) and value.startswith("zoo:") else None
+
+
 def _teacher_name(e: Entry) -> str | None:
-    """NAME of ``reflow_from="zoo:NAME"`` (a reflowed or distilled flow whose teacher is a zoo entry), else None."""
-    v = e.model.get("reflow_from", "")
-    return v[len("zoo:"):] if isinstance(v, str) and v.startswith("zoo:") else None
+    """The teacher entry of a reflowed or distilled flow entry, else None."""
+    return _zoo_name(e.model.get("reflow_from", ""))
 
 
 def _text_fields() -> set[str]:
@@ -507,10 +512,9 @@ def resolve_first_stage(recipe_name: str, model_cfg: Any, data_cfg: dict[str, An
 def resolve_teacher(model_cfg: Any, profile: str, device: torch.device | str) -> Any:
     """``ldmcourse train flow --reflow-from zoo:NAME``: reuse or train the zoo entry NAME at this profile and point
     ``model_cfg.reflow_from`` at its checkpoint (as the zoo's own reflow entries do); anything else is left as is."""
-    v = getattr(model_cfg, "reflow_from", "")
-    if not (isinstance(v, str) and v.startswith("zoo:")):
+    name = _zoo_name(getattr(model_cfg, "reflow_from", ""))
+    if name is None:
         return model_cfg
-    name = v[len("zoo:"):]
     if entry(name).recipe != "flow":  # an unknown name lists the known entries
         raise ValueError(f"--reflow-from zoo:{name}: a teacher must be a flow entry, not a {entry(name).recipe!r} one; "
                          f"flow entries: {', '.join(sorted(n for n, e in ENTRIES.items() if e.recipe == 'flow'))}")
