@@ -62,7 +62,7 @@ def paired_fid_diff(fa: torch.Tensor, fb: torch.Tensor, real: torch.Tensor, n_bo
     with a paired bootstrap: each draw resamples the indices once for both sets and the real set once, so the shared
     noise (and the upward bias of resampled repeats) cancels; the interval is shifted to the estimate as in
     ``metrics.bootstrap_ci``."""
-    from ldmcourse.metrics import fid
+    from ldmcourse.metrics import centred_interval, fid
 
     if fa.shape != fb.shape:
         raise ValueError(f"paired sets must have the same shape, got {tuple(fa.shape)} and {tuple(fb.shape)}")
@@ -73,9 +73,7 @@ def paired_fid_diff(fa: torch.Tensor, fb: torch.Tensor, real: torch.Tensor, n_bo
         i = torch.randint(len(fa), (len(fa),), generator=g)
         j = torch.randint(len(real), (len(real),), generator=g)
         vals.append(fid(fa[i], real[j]) - fid(fb[i], real[j]))
-    q = torch.quantile(torch.tensor(vals, dtype=torch.float64), torch.tensor([(1 - level) / 2, 0.5, (1 + level) / 2],
-                                                                             dtype=torch.float64)).tolist()
-    return {"diff": est, "ci95": [q[0] - q[1] + est, q[2] - q[1] + est], "n_boot": n_boot}
+    return {"diff": est, "ci95": list(centred_interval(vals, est, level)), "n_boot": n_boot}
 
 
 def best(rows: list[dict], names: tuple[str, ...], nfe: int) -> dict | None:

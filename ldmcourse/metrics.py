@@ -198,9 +198,17 @@ def bootstrap_ci(stat: Callable[[torch.Tensor, torch.Tensor], float], feats_a: t
     vals = torch.tensor([stat(feats_a[torch.randint(len(feats_a), (len(feats_a),), generator=g)],
                               feats_b[torch.randint(len(feats_b), (len(feats_b),), generator=g)]) for _ in range(n_boot)],
                         dtype=torch.float64)
+    lo, hi = centred_interval(vals, est, level)
+    return max(lo, 0.0), hi
+
+
+def centred_interval(vals: torch.Tensor | list[float], est: float, level: float = 0.95) -> tuple[float, float]:
+    """The ``level`` percentile interval of bootstrap values ``vals``, shifted so that their median sits on the
+    estimate ``est`` (see :func:`bootstrap_ci` for why)."""
+    vals = torch.as_tensor(vals, dtype=torch.float64)
     q = torch.tensor([(1 - level) / 2, 0.5, (1 + level) / 2], dtype=torch.float64)
     lo, med, hi = torch.quantile(vals, q).tolist()
-    return max(lo - med + est, 0.0), hi - med + est
+    return lo - med + est, hi - med + est
 
 
 def fid_report(feats_gen: torch.Tensor, feats_real: torch.Tensor, feats_real2: torch.Tensor | None = None,
