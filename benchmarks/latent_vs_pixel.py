@@ -110,6 +110,11 @@ def main() -> None:
     p.add_argument("--pixel-steps", type=int, default=None, help="training steps of the pixel run (default: the same)")
     p.add_argument("--pixel-max-seconds", type=float, default=None,
                    help="stop the pixel run after this many training seconds (its last point is then taken there)")
+    p.add_argument("--latent-from", default=None,
+                   help="take the latent curve from this earlier result JSON (same profile, n, steps, guidance) and train "
+                        "only the pixel run")
+    p.add_argument("--stop-at-common", action="store_true",
+                   help="stop the pixel run at its first point at or below the common FID (the crossing is then known)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/latent_vs_pixel", help="checkpoints of the two runs")
     p.add_argument("--out", default=None)
@@ -144,9 +149,20 @@ def main() -> None:
     y = torch.arange(args.n) % 10
 
     curves, sample_s = {}, {}
+    spaces = [("latent", str(fs_resolved.checkpoint)), ("pixel", "none")]
+    if args.latent_from:
+        earlier = json.loads(Path(args.latent_from).read_text())
+        for key, want in (("profile", profile), ("n", args.n), ("ddim_steps", args.steps), ("guidance", args.guidance)):
+            if earlier.get(key) != want:
+                raise SystemExit(f"--latent-from {args.latent_from}: its {key} is {earlier.get(key)!r}, this run's is "
+                                 f"{want!r}; rerun without --latent-from, or with matching options")
+        curves["latent"] = earlier["curves"]["latent"]
+        fs_seconds = earlier["first_stage_train_seconds"]  # the first stage that latent curve was trained on
+        sample_s["latent"] = curves["latent"][-1]["sample_seconds_per_image"]
+        spaces = spaces[1:]
     if args.out:
         Path(args.out).with_suffix(".partial.jsonl").unlink(missing_ok=True)
-    for space, first_stage in (("latent", str(fs_resolved.checkpoint)), ("pixel", "none")):
+    for space, first_stage in spaces:
         cfg = recipe.model_config(**{**sizes.get("model", {}), "first_stage": first_stage, "in_channels": 1, "image_size": 32})
         fit_over = {**sizes.get("fit", {}), "progress": False}
         if space == "pixel" and args.pixel_steps:
@@ -183,12 +199,16 @@ def main() -> None:
                     with open(partial, "a") as f:
                         f.write(json.dumps(row) + "\n")
                 next_point = seconds + every
+                if space == "pixel" and args.stop_at_common and "latent" in curves \
+                        and row["fid"] <= curves["latent"][-1]["fid"]:
+                    break
         curves[space] = curve
         sample_s[space] = curve[-1]["sample_seconds_per_image"]
 
     summary = summarize(curves, fs_seconds) | {
-        "profile": profile, "dataset": args.dataset, "n": args.n, "ddim_steps": args.steps, "guidance": args.guidance,
-        "classifier": str(clf_path), "first_stage": str(fs_resolved.checkpoint), "sample_seconds_per_image": sample_s,
+        "latent_from": args.latent_from, "profile": profile, "dataset": args.dataset, "n": args.n, "ddim_steps": args.steps, "guidance": args.guidance,
+        "classifier": f"zoo:classifier-{args.dataset} ({profile})", "first_stage": f"zoo:{fs_resolved.entry.name} ({profile})",
+        "sample_seconds_per_image": sample_s,
         "curves": curves}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -101,3 +101,23 @@ def test_train_step_learns_and_options_run():
 def test_ema_every_is_validated():
     with pytest.raises(ValueError, match="ema_every"):
         FitConfig(ema_every=0)
+
+
+@pytest.mark.timeout(120)
+def test_peak_memory_sees_tensor_storage_that_tracemalloc_misses():
+    from ldmcourse.speed import peak_memory_mb
+
+    # a 256 MiB float32 tensor, written so that its pages are resident, then freed: the peak still holds it
+    big = peak_memory_mb("n = 64 * 2 ** 20", "x = torch.ones(n); del x")
+    small = peak_memory_mb("n = 64 * 2 ** 20", "x = torch.ones(n // 64); del x")
+    assert 230 < big < 300 and small < 30, (big, small)
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        peak_memory_mb("", "1 / 0")
+
+
+def test_int8_quantisation_does_not_warn():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantize_dynamic_int8(ConvAE(ConvAEConfig()))
