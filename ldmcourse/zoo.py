@@ -121,7 +121,8 @@ for _e in (
                      dit_depth=6, dit_heads=4, text_dim=64, text_depth=2, text_heads=4),
           profile_fit={"cpu": dict(steps=TEXT_STEPS["dit"])}),
     Entry("ddpm-fashion-mnist", "ddpm", "fashion-mnist",
-          "pixel-space DDPM on Fashion-MNIST, cosine schedule, eps prediction (notebooks 05, 06, 10)"),
+          "pixel-space DDPM on Fashion-MNIST, cosine schedule, eps prediction (notebooks 05, 10)",
+          fit=dict(sample_every=500)),  # periodic samples for notebook 05 (bookkeeping: not in the key)
     Entry("classifier-mnist5k", "classifier", "mnist5k", "course classifier: FID/KID features, class agreement"),
     Entry("classifier-fashion-mnist", "classifier", "fashion-mnist", "course classifier on Fashion-MNIST (FID/KID features)"),
     Entry("classifier-digits", "classifier", "digits", "course classifier on scikit-learn's 8x8 digits (FID/KID features)"),
