@@ -118,6 +118,9 @@ def test_peak_memory_sees_tensor_storage_that_tracemalloc_misses():
 def test_int8_quantisation_does_not_warn():
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    # the UserWarning that notebook 10 printed on stderr (torch's module-level DeprecationWarning of
+    # torch.ao.quantization depends on the torch build and is not what this checks)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         quantize_dynamic_int8(ConvAE(ConvAEConfig()))
+    assert not [w for w in caught if "quantize_per_tensor" in str(w.message)], [str(w.message) for w in caught]
