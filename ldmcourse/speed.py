@@ -182,10 +182,14 @@ def param_bytes(model: nn.Module) -> int:
 _PEAK_SCRIPT = """
 import json, resource, sys, torch
 
-def _hwm():  # Linux: the peak RSS since the last reset, in bytes
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
+def _maxrss():  # the process's peak RSS so far, in bytes (kilobytes on Linux, bytes on macOS)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+def _hwm():  # Linux: the peak RSS since the last reset, in bytes; elsewhere the peak so far
+    try:
+        return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    except OSError:
+        return _maxrss()
 
 def _rss_mark():
     # Linux: reset the peak to the current RSS (clear_refs 5), so that the statement's own peak is measured even
@@ -193,15 +197,10 @@ def _rss_mark():
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        return _hwm()
     except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        return _maxrss()
+    return _hwm()
 
-def _rss_peak():
-    try:
-        return _hwm()
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 torch.set_num_threads({threads})
 device = torch.device({device!r})
 {setup}
@@ -213,7 +212,7 @@ else:
 if device.type == "cuda":
     torch.cuda.synchronize(device); peak = torch.cuda.max_memory_allocated(device) - before
 else:
-    peak = _rss_peak() - before
+    peak = _hwm() - before
 print(json.dumps({{"peak_mb": peak / 2 ** 20}}))
 """
 
