@@ -12,6 +12,13 @@ integrated *upwards* from the data. The divergence is estimated without bias by 
 Bits per dimension for 8-bit images in [-1, 1]: with uniform dequantisation over a bin of width
 2/255, bpd = (-log p(x + u)) / (D ln 2) + log2(255/2): an upper bound on the discrete NLL, comparable
 with the variational bound of notebook 05 (``ldmcourse.diffusion.vlb_bpd``).
+
+:func:`continuous_vlb_bpd` is that bound's T -> ∞ limit, the continuous-time ELBO (Kingma et al. 2021, "Variational
+Diffusion Models", eq. 17; Song et al. 2021, "Maximum Likelihood Training of Score-Based Diffusion Models", Thm. 1):
+
+    -log p(x) <= L_prior + L_0 + L_∞,    L_∞ = ½ ∫ E_ε ‖ε - ε_θ(α x + σ ε, t)‖² d(log SNR)    (SNR = α²/σ²)
+
+over the process's noise range. With λ = log(α/σ) = ½ log SNR the integral is ∫ E‖ε - ε_θ‖² dλ.
 """
 
 from __future__ import annotations
@@ -81,4 +88,55 @@ def ode_likelihood(eps_model, x0: torch.Tensor, schedule, steps: int = 100, spac
     return {"logp": logp, "bpd": bpd, "nfe": nfe}
 
 
-__all__ = ["ode_likelihood"]
+@torch.no_grad()
+def continuous_vlb_bpd(eps_model, data: torch.Tensor, schedule, n_t: int = 64, variance: str = "beta",
+                       batch_size: int = 64, generator: torch.Generator | None = None, device=None) -> dict:
+    """The continuous-time ELBO of a DDPM ``schedule``'s ε-model on ``data`` (N, C, H, W) in [-1, 1], in bits/dim.
+
+    L_∞ = ∫_{λ_min}^{λ_max} E_ε ‖ε - ε_θ(x_λ, t(λ))‖² dλ over the schedule's range, index T-1 (λ_min) to index 0
+    (λ_max); it is estimated per image with ``n_t`` levels, one uniform draw in each of ``n_t`` equal bins of λ
+    (stratified: unbiased), at the *fractional* index t(λ) of the piecewise-linear log ᾱ (:class:`~ldmcourse.sde.
+    DiscreteVP`; the ε-model must accept a float t, as the course U-Net does). The prior term L_T and the
+    decoder L_0 = -log p_θ(x | x at index 0) are those of :func:`ldmcourse.diffusion.vlb_terms`, so the three
+    terms are a valid bound (Kingma et al. 2021, eq. 11) on the same discrete data as ``vlb_bpd``, whose sum of
+    T-1 KL terms this integral replaces. Returns {"bpd", "prior_bpd", "diffusion_bpd", "decoder_bpd",
+    "diffusion_bpd_se" (standard error over images), "n", "n_t"}.
+    """
+    from .diffusion import vlb_terms
+    from .metrics import bits_per_dim
+    from .sde import DiscreteVP
+
+    process = as_process(schedule)
+    if not isinstance(process, DiscreteVP):
+        raise TypeError("continuous_vlb_bpd takes a DDPM Schedule (its prior and decoder terms are the discrete chain's)")
+    device = torch.device(device) if device is not None else data.device
+    lam = process.lambda_(torch.tensor([float(process.T_end), 0.0], dtype=torch.float64))
+    lam_lo, lam_hi = float(lam[0]), float(lam[1])
+    dims = data[0].numel()
+    per_image, prior, decoder = [], 0.0, 0.0
+    for i in range(0, len(data), batch_size):
+        x = data[i:i + batch_size].to(device).double()
+        B = x.shape[0]
+        u = torch.rand(B, n_t, generator=generator, dtype=torch.float64)
+        lam_k = lam_lo + (torch.arange(n_t, dtype=torch.float64) + u) / n_t * (lam_hi - lam_lo)  # (B, n_t), stratified
+        t = process.time_of_sigmabar(torch.exp(-lam_k)).clamp(0, process.T_end)             # fractional indices
+        a, s = process.marginal(t)
+        eps = torch.randn((B, n_t, *x.shape[1:]), generator=generator, dtype=torch.float64).to(device)
+        a_, s_ = (v.to(device).view(B, n_t, *[1] * (x.dim() - 1)) for v in (a, s))
+        x_t = a_ * x[:, None] + s_ * eps                                                       # (B, n_t, C, H, W)
+        pred = eps_model(x_t.flatten(0, 1).float(), t.flatten().float().to(device)).double().view_as(eps)
+        sq = ((pred - eps) ** 2).flatten(2).sum(-1)                                            # (B, n_t)
+        per_image.append((lam_hi - lam_lo) * sq.mean(1).cpu())
+        terms = vlb_terms(eps_model, x, schedule, variance, timesteps=[1], generator=generator)
+        prior += float(terms["prior"].sum())
+        decoder += float(terms["decoder"].sum())
+    diff = torch.cat(per_image)
+    n = len(data)
+    out = {"prior_bpd": bits_per_dim(prior / n, dims), "diffusion_bpd": bits_per_dim(float(diff.mean()), dims),
+           "decoder_bpd": bits_per_dim(decoder / n, dims),
+           "diffusion_bpd_se": bits_per_dim(float(diff.std() / math.sqrt(n)), dims) if n > 1 else float("nan")}
+    out["bpd"] = out["prior_bpd"] + out["diffusion_bpd"] + out["decoder_bpd"]
+    return {**out, "n": n, "n_t": n_t}
+
+
+__all__ = ["ode_likelihood", "continuous_vlb_bpd"]

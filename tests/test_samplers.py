@@ -30,7 +30,7 @@ def _gen(seed=1):
 # ------------------------------------------------------------------------------------------------
 
 REQUIRED = ["ddpm", "ddim", "plms", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpm_solver++_2m", "euler",
-            "heun", "euler_maruyama", "pc", "adaptive"]
+            "heun", "euler_maruyama", "sde_heun", "pc", "adaptive"]
 
 
 def test_registry_has_every_required_name():
@@ -95,6 +95,7 @@ GOLDEN = {
         "euler": (-6.46562998837708, 19.48640742985094),
         "heun": (-9.594665138015507, 41.66548766791723),
         "euler_maruyama": (-13.826123294739729, 50.43817133637343),
+        "sde_heun": (-2.3275914333784797, 32.95498635630304),
         "pc": (-4.043460677652803, 49.07235965967203),
         "adaptive": (-7.897551310851808, 27.92686546792679),
     },
@@ -109,6 +110,7 @@ GOLDEN = {
         "euler": (-6.284904155232423, 18.517644485898288),
         "heun": (-10.742153034739328, 54.128930469113016),
         "euler_maruyama": (-4.022199771575023, 136.53618245061938),
+        "sde_heun": (-5.524377531864314, 5860.639985753265),  # 5 steps on the VP SDE: the trapezoid is unstable there
         "pc": (-20.031160956401564, 146.82777657380495),
         "adaptive": (-7.9004572045028265, 27.81760363576292),
     },
@@ -351,7 +353,7 @@ def test_parity_diffusers_euler_maruyama(diffusers):
 # stochastic samplers: the output distribution approaches the data
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["euler_maruyama", "pc", "ddim", "dpm_solver++_2m", "ddpm"])
+@pytest.mark.parametrize("name", ["euler_maruyama", "sde_heun", "pc", "ddim", "dpm_solver++_2m", "ddpm"])
 def test_distribution_approaches_data(name):
     """On the VP SDE (DDPM ancestral sampling too: its posterior step is written in (α, σ))."""
     mix = ring_mixture(8, radius=1.0, std=0.1)
@@ -374,7 +376,7 @@ def test_distribution_approaches_data(name):
 # chunked sampling
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler_maruyama", "pc"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler_maruyama", "sde_heun", "pc"])
 def test_sample_chunked_is_independent_of_batch_size(name, recwarn):
     model = MIX.eps_model(SCHEDULE)
     kw = dict(schedule=SCHEDULE, steps=8, eta=0.5) if name == "ddim" else dict(schedule=SCHEDULE, steps=8)

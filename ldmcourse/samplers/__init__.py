@@ -10,7 +10,7 @@ spacing="leading", callback=None, final_step=True, **options) -> x``.
 - ``generator``: a torch.Generator, or one generator per sample (see :func:`sample_chunked`).
 
 Modules: :mod:`.grid` (shared pieces), :mod:`.discrete` (DDIM, PLMS), :mod:`.dpm_solver`,
-:mod:`.continuous` (Euler, Heun, Euler–Maruyama, predictor–corrector, adaptive RK).
+:mod:`.continuous` (Euler, Heun, Euler–Maruyama, stochastic Heun, predictor–corrector, adaptive RK).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 from ..diffusion import ddpm_sample  # DDPM ancestral sampling lives with the DDPM process
 from ..utils import Progress
-from .continuous import adaptive, euler, euler_maruyama, heun, pc
+from .continuous import adaptive, euler, euler_maruyama, heun, pc, sde_heun
 from .discrete import ddim, plms
 from .dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver_3, dpm_solver_pp_2m
 
@@ -41,6 +41,7 @@ SAMPLERS: dict[str, Callable] = {
     "euler": euler,
     "heun": heun,
     "euler_maruyama": euler_maruyama,
+    "sde_heun": sde_heun,
     "pc": pc,
     "adaptive": adaptive,
 }
@@ -240,4 +241,4 @@ def sampling_progress(desc: str = "sample"):
 
 __all__ = ["SAMPLERS", "DETERMINISTIC", "CONTRACT", "get_sampler", "sampler_options", "check_options", "SamplerChoice",
            "SampleOptions", "sample_chunked", "sampling_progress", "CountCalls", "ddim", "plms", "dpm_solver_1",
-           "dpm_solver_2", "dpm_solver_3", "dpm_solver_pp_2m", "euler", "heun", "euler_maruyama", "pc", "adaptive"]
+           "dpm_solver_2", "dpm_solver_3", "dpm_solver_pp_2m", "euler", "heun", "euler_maruyama", "sde_heun", "pc", "adaptive"]

@@ -10,7 +10,8 @@ In the variables x̄ = x/α and σ̄ = σ/α (the VE / Karras parametrisation) t
 
     dx̄/dσ̄ = ε_θ(α x̄, t(σ̄))                                                     (Karras et al. eq. 4)
 
-which is what :func:`euler`, :func:`heun` and :func:`adaptive` integrate (Euler in σ̄ is DDIM).
+which is what :func:`euler`, :func:`heun` and :func:`adaptive` integrate (Euler in σ̄ is DDIM); the reverse SDE is
+integrated by :func:`euler_maruyama` (strong order ½), :func:`sde_heun` (order 1) and :func:`pc`.
 The seed post's ODE/SDE loops step *forwards* in time (``x + drift·dt`` with dt > 0 while t goes
 1 -> 0 is right only if the drift's sign is flipped too) and plug ε_θ in where the score belongs.
 """
@@ -93,6 +94,36 @@ def euler_maruyama(eps_model, x_T, schedule, steps=None, generator=None, timeste
         eps = grid.eps(eps_model, x, k)
         x0 = grid.x0(x, eps, k)
         x = x0 if grid.sigma[k + 1] == 0 else _em_step(x, eps, grid, k, generator)
+        x = run_callback(callback, k, grid, x, x0)
+    return x
+
+
+@torch.no_grad()
+def sde_heun(eps_model, x_T, schedule, steps=None, generator=None, timesteps=None, spacing="leading",
+             callback=None, final_step=True):
+    """Stochastic Heun on the reverse SDE (the improved Euler–Maruyama; Kloeden & Platen 1992, §11.1):
+    an Euler–Maruyama predictor x' = x + D(x, t) + √G z, then the trapezoid rule on the drift with the
+    *same* noise, x_s = x + ½[D(x, t) + D(x', s)] + √G z, where D(x, t) = -F x + G s_θ(x, t) is the drift's
+    increment over the step (F = ∫f, G = ∫g², as in :func:`euler_maruyama`). The noise is additive (g does
+    not depend on x), so Itô and Stratonovich agree and the scheme has strong order 1 (EM: ½). The step
+    into clean data is Tweedie's x̂_0, as in :func:`euler_maruyama`. NFE = 2·steps - 1.
+
+    The seed post's "SDE-Heun" takes the trapezoid step deterministically and adds the noise afterwards
+    (and steps forwards in time with ε as the score, see the module docstring)."""
+    grid = make_grid(schedule, steps, timesteps, spacing, final_step)
+    x = x_T
+    for k in range(grid.n_steps):
+        eps = grid.eps(eps_model, x, k)
+        x0 = grid.x0(x, eps, k)
+        if grid.sigma[k + 1] == 0:
+            x = x0
+        else:
+            F, G = grid.process.increments(grid.times[k], grid.times[k + 1])
+            z = math.sqrt(G) * randn(x, generator)
+            drift = -F * x + G * score_from_eps(eps, grid.sigma[k])
+            x_pred = x + drift + z
+            drift_pred = -F * x_pred + G * score_from_eps(grid.eps(eps_model, x_pred, k + 1), grid.sigma[k + 1])
+            x = x + 0.5 * (drift + drift_pred) + z
         x = run_callback(callback, k, grid, x, x0)
     return x
 
