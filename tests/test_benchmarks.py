@@ -77,3 +77,17 @@ def test_text_adherence_reads_each_target_against_its_ceiling():
     assert t["thickness"]["met"] and abs(t["thickness"]["needs"] - 0.70) < 1e-12 and t["thickness"]["ceiling"] == 0.80
     assert not t["width"]["met"] and t["slant"]["met"]  # 0.60 < 0.75 - 0.10; 0.80 >= 0.85 - 0.10
     assert t["class"]["n"] == 600 and t["width"]["ci95"] == list(adh["width"]["ci95"])
+
+
+def test_sampler_sweep_plan_covers_the_table_cheapest_first():
+    sw = _load("sampler_sweep")
+    cells = sw.plan()
+    assert len(cells) == len(set(cells))  # no cell twice
+    # every sampler at every default step count, the adaptive solver, and seed 001's long chains
+    assert {(lab, s) for lab in sw.SAMPLERS for s in sw.DEFAULT_STEPS} <= set(cells)
+    assert {lab for lab, _ in cells} >= {"SDE-Heun", "SDE-Euler", "DDPM", "DDIM", *sw.ADAPTIVE}
+    assert ("DDPM", 1000) in cells and ("SDE-Heun", 250) in cells
+    # cheapest first, so that a run stopped by --budget-s leaves whole rows at few steps
+    steps = [s for lab, s in cells if lab in sw.SAMPLERS]
+    assert steps[: 3 * len(sw.SAMPLERS)] == sorted(steps[: 3 * len(sw.SAMPLERS)]) and max(steps) == steps[-1] == 1000
+    assert all(name in __import__("ldmcourse.samplers", fromlist=["SAMPLERS"]).SAMPLERS for name, _ in sw.SAMPLERS.values())

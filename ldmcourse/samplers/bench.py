@@ -3,6 +3,8 @@
 - :func:`convergence_table`: error vs the exact ODE solution for several step counts -> measured order.
 - :func:`nfe_to_error`: the smallest NFE at which a deterministic sampler's error drops below a target.
 - :func:`step_overhead`: wall time per step beyond the model call (a free model: ε = 0.1·x).
+- :func:`load_sweep`, :func:`sweep_table`: the committed result of ``benchmarks/sampler_sweep.py`` (sampler × steps
+  on notebook 05's trained model, course FID at n = 1000 per cell), read by notebooks 06 and 07.
 """
 
 from __future__ import annotations
@@ -82,6 +84,40 @@ def step_overhead(schedule, shape=(64, 1, 32, 32), steps: int = 50, repeats: int
             best = min(best, (time.perf_counter() - t0) / model.n)
         out[name] = 1e6 * best
     return out
+
+
+def load_sweep(path=None) -> dict:
+    """The sampler sweep's JSON with ``"cell"`` {(label, steps): cell} and ``"samples"`` {(label, steps): uint8 (16, H, W)}
+    added. ``path`` defaults to ``benchmarks/results/sampler_sweep_cpu.json`` of the checkout."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(path) if path is not None else Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "sampler_sweep_cpu.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `python benchmarks/sampler_sweep.py --profile cpu --out {path}` "
+                                "(about an hour on 2 CPU cores)")
+    res = json.loads(path.read_text())
+    res["cell"] = {(c["sampler"], c["steps"]): c for c in res["cells"]}
+    pics = path.with_name(path.stem + "_samples.npz")
+    res["samples"] = ({tuple((k.rsplit("|", 1)[0], int(k.rsplit("|", 1)[1]))): v for k, v in np.load(pics).items()}
+                      if pics.exists() else {})
+    return res
+
+
+def sweep_table(res: dict, labels, steps=None) -> str:
+    """A Markdown table: one row per sampler label, one column per step count; each cell "FID [95% CI] · NFE · s"
+    (s: seconds to sample the sweep's n images on its machine); "–" where the sweep has no cell."""
+    steps = steps or sorted({s for _, s in res["cell"]})
+    head = "| sampler | " + " | ".join(f"{s} steps" for s in steps) + " |\n|---" + "|---" * len(steps) + "|\n"
+
+    def fmt(c):
+        return f"{c['fid']:.2f} [{c['fid_ci95'][0]:.2f}, {c['fid_ci95'][1]:.2f}] · {c['nfe']:.0f} · {c['sample_seconds']:.0f} s"
+
+    rows = [f"| {lab} | " + " | ".join(fmt(res["cell"][lab, s]) if (lab, s) in res["cell"] else "–" for s in steps) + " |"
+            for lab in labels]
+    return head + "\n".join(rows)
 
 
 def main():  # pragma: no cover - a benchmark, not a test

@@ -1,0 +1,173 @@
+"""Sampler x steps on a trained image model: course FID (n per cell, with the real-vs-real floor), NFE, wall time.
+
+The model is notebook 05's pixel DDPM on Fashion-MNIST at 32x32 (the zoo's ``ddpm-fashion-mnist``, eps prediction,
+cosine schedule); the FID features are the course classifier on Fashion-MNIST (``classifier-fashion-mnist``). Every
+cell starts from the same x_T (one seed per sample, :func:`ldmcourse.samplers.sample_chunked`) and uses the model's
+grid (``DiffusionConfig.spacing``); DDPM uses the model's variance and x0 clipping, the others their defaults.
+Notebooks 06 (DDPM, DDIM, PLMS, DPM-Solver++, ODE-Heun, SDE-Euler, SDE-Heun) and 07 (Euler-Maruyama, predictor-corrector,
+probability-flow ODE, adaptive steps) read the committed JSON.
+
+    python benchmarks/sampler_sweep.py --profile cpu --n 1000 --budget-s 3000 \
+        --out benchmarks/results/sampler_sweep_cpu.json
+
+The first 8 samples of every cell go to ``<out>_samples.npz`` (uint8, key ``"label|steps"``).
+Cells run cheapest first (every sampler at few steps, then more steps), and the JSON is rewritten after each cell,
+so a run stopped by ``--budget-s`` (or killed) leaves a consistent table; rerunning with the same ``--out`` skips the
+cells already measured (same profile, n, seed and model key) and goes on. Wall time is the sampling of the n images on
+this machine (not the FID); the load average is recorded beside every cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ldmcourse import zoo
+from ldmcourse.classifier import load_classifier
+from ldmcourse.data import load_dataset
+from ldmcourse.metrics import extract_features, fid_report
+from ldmcourse.profiles import get_profile
+from ldmcourse.recipes import get_recipe
+
+# label -> (SAMPLERS name, options); the labels of seed 001's table (DDPM, DDIM, SDE-Euler, SDE-Heun) and the rest
+SAMPLERS = {
+    "DDPM": ("ddpm", {}),
+    "DDIM": ("ddim", {}),
+    "PLMS": ("plms", {}),
+    "DPM-Solver++(2M)": ("dpm_solver++_2m", {}),
+    "ODE-Heun": ("heun", {}),
+    "ODE-Euler (t)": ("euler", {"space": "t"}),
+    "SDE-Euler": ("euler_maruyama", {}),
+    "SDE-Heun": ("sde_heun", {}),
+    "PC (EM + Langevin)": ("pc", {}),
+}
+CALLS_PER_STEP = {"heun": 2, "sde_heun": 2, "pc": 2}  # for the time estimate of a cell (others: 1; adaptive: its own)
+ADAPTIVE = {"adaptive rtol=1e-2": {"rtol": 1e-2, "atol": 1e-2}, "adaptive rtol=1e-3": {"rtol": 1e-3, "atol": 1e-3}}
+
+# (label, steps) in the order they run: every sampler at 10, 20, 50 steps, the adaptive solver, then the long chains
+# of seed 001's table for the samplers that need them
+DEFAULT_STEPS = (10, 20, 50, 100)
+LONG = {250: ("DDPM", "DDIM", "SDE-Euler", "SDE-Heun"), 1000: ("DDPM", "DDIM", "SDE-Euler")}
+
+
+def plan(steps=DEFAULT_STEPS, long=LONG) -> list[tuple[str, int]]:
+    cells = [(label, s) for s in steps[:3] for label in SAMPLERS]
+    cells += [(label, 20) for label in ADAPTIVE]
+    cells += [(label, s) for s in steps[3:] for label in SAMPLERS]
+    cells += [(label, s) for s, labels in sorted(long.items()) for label in labels]
+    return cells
+
+
+class CallCounter:
+    """Counts forward calls of a module (one per chunk per model evaluation)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.n = 0
+        module.register_forward_hook(lambda *a: setattr(self, "n", self.n + 1))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default=None)
+    p.add_argument("--n", type=int, default=1000, help="samples per cell")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=50)
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="start no cell that would end (estimated from the seconds per model call so far) after this many seconds")
+    p.add_argument("--steps", type=int, nargs="+", default=list(DEFAULT_STEPS))
+    p.add_argument("--no-long", action="store_true", help="skip the 250- and 1000-step chains")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    profile = get_profile(args.profile)
+    device = torch.device("cpu")
+    threads = torch.get_num_threads()
+
+    model = zoo.get("ddpm-fashion-mnist", profile=profile, device=device, verbose=False).eval()
+    rec = model.zoo
+    meta = model.meta
+    recipe = get_recipe(meta["kind"])
+    clf, _ = load_classifier(str(zoo.path("classifier-fashion-mnist", profile)), device)
+    test = load_dataset("fashion-mnist", "test", size=32, download=False)
+    train = load_dataset("fashion-mnist", "train", size=32, download=False)
+    f_test = extract_features(clf, test.tensors()[0], device=device)
+    f_train = extract_features(clf, train.subset(args.n, torch.Generator().manual_seed(args.seed + 1)).tensors()[0], device=device)
+    counter = CallCounter(model)
+
+    key = {"profile": profile, "n": args.n, "seed": args.seed, "model_key": rec.get("key")}
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.exists() else {}
+    if result and {k: result.get(k) for k in key} != key:
+        raise SystemExit(f"--out {out} holds a sweep of {({k: result.get(k) for k in key})}, this one is {key}: "
+                         "give another --out, or delete it to start again")
+    done = {(c["sampler"], c["steps"]) for c in result.get("cells", [])}
+    pics_path = out.with_name(out.stem + "_samples.npz")  # the first 8 samples of every cell, uint8, for the notebooks
+    pics = dict(np.load(pics_path)) if pics_path.exists() and done else {}
+    cfg = recipe.config(meta["model_config"])
+    result = {
+        "what": __doc__.split("\n\n")[0], **key,
+        "command": "python benchmarks/sampler_sweep.py " + " ".join(
+            [f"--profile {profile}", f"--n {args.n}", f"--batch-size {args.batch_size}", f"--seed {args.seed}"]
+            + ([f"--budget-s {args.budget_s:g}"] if args.budget_s else []) + [f"--out {args.out}"]),
+        "model": {"zoo": "ddpm-fashion-mnist", "key": rec.get("key"), "steps": rec.get("steps"),
+                  "train_seconds": round(rec.get("train_seconds", 0), 1), "schedule": cfg.schedule, "prediction": cfg.prediction,
+                  "spacing": cfg.spacing, "ddpm_variance": cfg.variance, "ddpm_clip_x0": cfg.clip_x0,
+                  "params": sum(q.numel() for q in model.parameters())},
+        "classifier": "classifier-fashion-mnist",
+        "real": {"test_images": len(test), "train_images_for_floor": args.n},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": threads, "platform": platform.platform(), "device": "cpu"},
+        "samplers": {**{k: {"name": v[0], "options": v[1]} for k, v in SAMPLERS.items()},
+                     **{k: {"name": "adaptive", "options": v} for k, v in ADAPTIVE.items()}},
+        "dates": sorted(set(result.get("dates", []) + [datetime.date.today().isoformat()])),
+        "cells": result.get("cells", []),
+        "not_run": [],
+    }
+
+    cells = plan(tuple(args.steps), {} if args.no_long else LONG)
+    t_start = time.perf_counter()
+    for label, steps in cells:
+        if (label, steps) in done:
+            continue
+        name, opts = (SAMPLERS[label] if label in SAMPLERS else ("adaptive", ADAPTIVE[label]))
+        if args.budget_s is not None:
+            # seconds per image-call so far; a cell that would end past the budget is not started
+            timed = [c for c in result["cells"] if c["nfe"] > 0]
+            per_call = sum(c["sample_seconds"] for c in timed) / max(sum(c["nfe"] * args.n for c in timed), 1)
+            est = per_call * steps * CALLS_PER_STEP.get(name, 1) * args.n
+            if time.perf_counter() - t_start + est > args.budget_s:
+                result["not_run"].append({"sampler": label, "steps": steps, "estimated_seconds": round(est)})
+                continue
+        load0 = os.getloadavg()
+        counter.n = 0
+        t0 = time.perf_counter()
+        x = recipe.sample(model, meta, args.n, torch.Generator().manual_seed(args.seed), device, sampler=name, steps=steps,
+                          batch_size=args.batch_size, **opts)
+        sec = time.perf_counter() - t0
+        chunks = -(-args.n // args.batch_size)
+        rep = fid_report(extract_features(clf, x, device=device), f_test, f_train, n_boot=args.n_boot)
+        cell = {"sampler": label, "steps": steps, "nfe": counter.n / chunks, "fid": round(rep["fid"], 3),
+                "fid_ci95": [round(v, 3) for v in rep["fid_ci95"]], "kid": round(rep["kid"], 4), "fid_floor": round(rep["fid_floor"], 3),
+                "sample_seconds": round(sec, 2), "ms_per_image": round(1000 * sec / args.n, 3),
+                "pixel_std": round(float(x.std()), 4), "load_avg": [round(load0[0], 2), round(os.getloadavg()[0], 2)]}
+        result["cells"].append(cell)
+        pics[f"{label}|{steps}"] = ((x[:8, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        np.savez_compressed(pics_path, **pics)
+        print(json.dumps(cell), flush=True)
+    result["fid_floor"] = result["cells"][0]["fid_floor"] if result["cells"] else None  # the same real sets in every cell
+    result["total_sampling_seconds"] = round(sum(c["sample_seconds"] for c in result["cells"]), 1)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"{len(result['cells'])} cells, {len(result['not_run'])} not run (budget); sampling {result['total_sampling_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
