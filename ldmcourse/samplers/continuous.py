@@ -105,8 +105,10 @@ def sde_heun(eps_model, x_T, schedule, steps=None, generator=None, timesteps=Non
     an Euler–Maruyama predictor x' = x + D(x, t) + √G z, then the trapezoid rule on the drift with the
     *same* noise, x_s = x + ½[D(x, t) + D(x', s)] + √G z, where D(x, t) = -F x + G s_θ(x, t) is the drift's
     increment over the step (F = ∫f, G = ∫g², as in :func:`euler_maruyama`). The noise is additive (g does
-    not depend on x), so Itô and Stratonovich agree and the scheme has strong order 1 (EM: ½). The step
-    into clean data is Tweedie's x̂_0, as in :func:`euler_maruyama`. NFE = 2·steps - 1.
+    not depend on x), so Itô and Stratonovich agree and the trapezoid improves only the drift's part of the
+    error. That drift is stiff at low noise (its coefficient G/σ_s² at the corrector's point grows as σ_s -> 0),
+    so with few, large steps the explicit corrector over-shoots: measure before preferring it to Euler–Maruyama
+    (notebook 06). The step into clean data is Tweedie's x̂_0, as in :func:`euler_maruyama`. NFE = 2·steps - 1.
 
     The seed post's "SDE-Heun" takes the trapezoid step deterministically and adds the noise afterwards
     (and steps forwards in time with ε as the score, see the module docstring)."""
