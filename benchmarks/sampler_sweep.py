@@ -52,17 +52,23 @@ SAMPLERS = {
 CALLS_PER_STEP = {"heun": 2, "sde_heun": 2, "pc": 2}  # for the time estimate of a cell (others: 1; adaptive: its own)
 ADAPTIVE = {"adaptive rtol=1e-2": {"rtol": 1e-2, "atol": 1e-2}, "adaptive rtol=1e-3": {"rtol": 1e-3, "atol": 1e-3}}
 
-# (label, steps) in the order they run: every sampler at 10, 20, 50 steps, the adaptive solver, then the long chains
-# of seed 001's table for the samplers that need them
+# (label, steps) in the order they run: every sampler at 10, 20, 50 steps, the adaptive solver, then the longer
+# chains of seed 001's table (DDPM, DDIM, SDE-Euler, SDE-Heun at 100, 250, 1000 steps) from the samplers the high-NFE
+# question needs most (stochastic vs deterministic: DDPM, DDIM, SDE-Euler) to the rest, and last the other samplers at 100
 DEFAULT_STEPS = (10, 20, 50, 100)
-LONG = {250: ("DDPM", "DDIM", "SDE-Euler", "SDE-Heun"), 1000: ("DDPM", "DDIM", "SDE-Euler")}
+LONG = {100: ("DDPM", "DDIM", "SDE-Euler"), 250: ("DDPM", "DDIM"), 1000: ("DDPM", "DDIM", "SDE-Euler")}
+LATER = {100: ("SDE-Heun",), 250: ("SDE-Euler", "SDE-Heun")}
 
 
 def plan(steps=DEFAULT_STEPS, long=LONG) -> list[tuple[str, int]]:
     cells = [(label, s) for s in steps[:3] for label in SAMPLERS]
     cells += [(label, 20) for label in ADAPTIVE]
-    cells += [(label, s) for s in steps[3:] for label in SAMPLERS]
-    cells += [(label, s) for s, labels in sorted(long.items()) for label in labels]
+    order = [(100, long.get(100, ())), (250, long.get(250, ())), (100, LATER[100] if long else ()),
+             (250, LATER[250] if long else ())]
+    for s, labels in order:
+        cells += [(label, s) for label in labels if (label, s) not in cells]
+    cells += [(label, s) for s in steps[3:] for label in SAMPLERS if (label, s) not in cells]
+    cells += [(label, s) for label in long.get(1000, ()) for s in (1000,) if (label, s) not in cells]
     return cells
 
 

@@ -100,6 +100,8 @@ def load_sweep(path=None) -> dict:
                                 "(about an hour on 2 CPU cores)")
     res = json.loads(path.read_text())
     res["cell"] = {(c["sampler"], c["steps"]): c for c in res["cells"]}
+    if res.get("fid_floor") is None and res["cells"]:  # a run still going: every cell measures the same floor
+        res["fid_floor"] = res["cells"][0]["fid_floor"]
     pics = path.with_name(path.stem + "_samples.npz")
     res["samples"] = ({tuple((k.rsplit("|", 1)[0], int(k.rsplit("|", 1)[1]))): v for k, v in np.load(pics).items()}
                       if pics.exists() else {})
