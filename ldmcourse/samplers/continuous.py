@@ -48,7 +48,7 @@ def euler(eps_model, x_T, schedule, steps=None, generator=None, timesteps=None, 
             x = grid.alpha[k + 1] * (x / grid.alpha[k] + (grid.sbar(k + 1) - grid.sbar(k)) * eps)
         else:
             F, G = grid.process.increments(grid.times[k], grid.times[k + 1])
-            x = x - F * x + 0.5 * G * score_from_eps(eps, grid.sigma[k])
+            x = x + _drift(x, eps, F, 0.5 * G, grid.sigma[k])  # eq. 13: the reverse SDE's drift with half of g²
         x = run_callback(callback, k, grid, x, x0)
     return x
 
@@ -75,10 +75,15 @@ def heun(eps_model, x_T, schedule, steps=None, generator=None, timesteps=None, s
     return x
 
 
+def _drift(x, eps, F, G, sigma):
+    """The reverse SDE's drift over one step t -> s, left-point: D(x, t) = -F x + G s_θ(x, t), s_θ = -ε/σ_t (eq. 6)."""
+    return -F * x + G * score_from_eps(eps, sigma)
+
+
 def _em_step(x, eps, grid, k, generator, noise: bool = True):
-    """Euler–Maruyama on the reverse SDE, t -> s: x_s = x - F x + G s_θ + √G z, s_θ = -ε/σ_t."""
+    """Euler–Maruyama on the reverse SDE, t -> s: x_s = x + D(x, t) + √G z."""
     F, G = grid.process.increments(grid.times[k], grid.times[k + 1])
-    x = x - F * x + G * score_from_eps(eps, grid.sigma[k])
+    x = x + _drift(x, eps, F, G, grid.sigma[k])
     return x + math.sqrt(G) * randn(x, generator) if noise else x
 
 
@@ -122,10 +127,10 @@ def sde_heun(eps_model, x_T, schedule, steps=None, generator=None, timesteps=Non
         else:
             F, G = grid.process.increments(grid.times[k], grid.times[k + 1])
             z = math.sqrt(G) * randn(x, generator)
-            drift = -F * x + G * score_from_eps(eps, grid.sigma[k])
-            x_pred = x + drift + z
-            drift_pred = -F * x_pred + G * score_from_eps(grid.eps(eps_model, x_pred, k + 1), grid.sigma[k + 1])
-            x = x + 0.5 * (drift + drift_pred) + z
+            drift = _drift(x, eps, F, G, grid.sigma[k])
+            x_pred = x + drift + z                                          # the Euler–Maruyama predictor
+            drift_pred = _drift(x_pred, grid.eps(eps_model, x_pred, k + 1), F, G, grid.sigma[k + 1])
+            x = x + 0.5 * (drift + drift_pred) + z                          # trapezoid on the drift, same noise
         x = run_callback(callback, k, grid, x, x0)
     return x
 
