@@ -9,8 +9,10 @@
   attention (full or linear) follows each block at the downsampling factors listed.
 - Every down-path output is pushed as a skip (conv_in, each block, each downsample); the up path has
   ``num_res_blocks + 1`` blocks per level and pops exactly one skip each, so the two paths pair up by
-  construction. (The seed's U-Net counts levels with an off-by-one ``is_last`` test on the up path and
-  a final block that assumes ``init_dim == dim``: both are gone here.)
+  construction. (The seed's U-Net tests ``is_last`` on an up path one level shorter than it counts, so its
+  full-resolution skip is never used, and its final block expects ``dim`` channels: true as written only
+  when ``dim_mults[0] == 1``, and with an up path over every level only when ``init_dim == dim``. Notebook 05
+  runs both; neither can happen here.)
 - t (a (B,) LongTensor of training indices) enters through a sinusoidal embedding + MLP added in
   every block. With ``num_classes = K`` a label embedding is added to it; labels are 0..K-1 and
   ``y=None`` or ``y == K`` is the null (unconditional) class, used for classifier-free guidance.
