@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -50,14 +51,19 @@ SAMPLERS = {
     "PC (EM + Langevin)": ("pc", {}),
 }
 CALLS_PER_STEP = {"heun": 2, "sde_heun": 2, "pc": 2}  # for the time estimate of a cell (others: 1; adaptive: its own)
+# Controls for the high-NFE comparison: the model's DDPM clips x̂_0 to [-1, 1] (its recipe's default) and DDIM does not,
+# so "DDPM beats DDIM at 100 steps" mixes stochasticity with clipping; these two cells swap the clipping
+CONTROLS = {"DDIM, x̂₀ clipped": ("ddim", {"clip_x0": 1.0}), "DDPM, x̂₀ not clipped": ("ddpm", {"clip_x0": None})}
 ADAPTIVE = {"adaptive rtol=1e-2": {"rtol": 1e-2, "atol": 1e-2}, "adaptive rtol=1e-3": {"rtol": 1e-3, "atol": 1e-3}}
 
 # (label, steps) in the order they run: every sampler at 10, 20, 50 steps, the adaptive solver, then the longer
 # chains of seed 001's table (DDPM, DDIM, SDE-Euler, SDE-Heun at 100, 250, 1000 steps) from the samplers the high-NFE
-# question needs most (stochastic vs deterministic: DDPM, DDIM, SDE-Euler) to the rest, and last the other samplers at 100
+# question needs most (stochastic vs deterministic: DDPM, DDIM, SDE-Euler), then the other samplers at 100 (which
+# complete the 100-step row), and last SDE-Heun at 250 (two calls a step) and the 1000-step chains
 DEFAULT_STEPS = (10, 20, 50, 100)
 LONG = {100: ("DDPM", "DDIM", "SDE-Euler"), 250: ("DDPM", "DDIM"), 1000: ("DDPM", "DDIM", "SDE-Euler")}
-LATER = {100: ("SDE-Heun",), 250: ("SDE-Euler", "SDE-Heun")}
+LATER = {100: ("SDE-Heun",), 250: ("SDE-Euler",)}
+LAST = {250: ("SDE-Heun",)}
 
 
 def plan(steps=DEFAULT_STEPS, long=LONG) -> list[tuple[str, int]]:
@@ -68,8 +74,21 @@ def plan(steps=DEFAULT_STEPS, long=LONG) -> list[tuple[str, int]]:
     for s, labels in order:
         cells += [(label, s) for label in labels if (label, s) not in cells]
     cells += [(label, s) for s in steps[3:] for label in SAMPLERS if (label, s) not in cells]
+    cells += [(label, 100) for label in CONTROLS] if long else []
+    for s, labels in (LAST.items() if long else ()):
+        cells += [(label, s) for label in labels if (label, s) not in cells]
     cells += [(label, s) for label in long.get(1000, ()) for s in (1000,) if (label, s) not in cells]
     return cells
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A digest of the weights: a resumed sweep must measure the same network, not only the same config
+    (the zoo's key hashes the config; a retraining on another machine may or may not give the same weights)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class CallCounter:
@@ -91,6 +110,8 @@ def main() -> None:
                    help="start no cell that would end (estimated from the seconds per model call so far) after this many seconds")
     p.add_argument("--steps", type=int, nargs="+", default=list(DEFAULT_STEPS))
     p.add_argument("--no-long", action="store_true", help="skip the 250- and 1000-step chains")
+    p.add_argument("--cells", nargs="+", default=None, metavar="LABEL@STEPS",
+                   help="run only these planned cells (e.g. 'DDIM, x̂₀ clipped@100'); the others stay as they are")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     profile = get_profile(args.profile)
@@ -118,19 +139,29 @@ def main() -> None:
     pics_path = out.with_name(out.stem + "_samples.npz")  # the first 8 samples of every cell, uint8, for the notebooks
     pics = dict(np.load(pics_path)) if pics_path.exists() and done else {}
     cfg = recipe.config(meta["model_config"])
+    sha = weights_sha256(model)
+    old_model = result.get("model") if done else None
+    if old_model and old_model.get("weights_sha256", sha) != sha:
+        raise SystemExit(f"--out {out} was measured on other weights ({old_model['weights_sha256']}) than the zoo's "
+                         f"{rec.get('entry', 'ddpm-fashion-mnist')} now ({sha}): give another --out, or delete it to start again")
+    resumes = result.get("resumes", []) + ([{"date": datetime.date.today().isoformat(), "weights_sha256": sha,
+                                              "zoo_train_seconds_here": round(rec.get("train_seconds", 0), 1)}] if done else [])
     result = {
         "what": __doc__.split("\n\n")[0], **key,
         "command": "python benchmarks/sampler_sweep.py " + " ".join(
             [f"--profile {profile}", f"--n {args.n}", f"--batch-size {args.batch_size}", f"--seed {args.seed}"]
-            + ([f"--budget-s {args.budget_s:g}"] if args.budget_s else []) + [f"--out {args.out}"]),
-        "model": {"zoo": "ddpm-fashion-mnist", "key": rec.get("key"), "steps": rec.get("steps"),
+            + ([f"--budget-s {args.budget_s:g}"] if args.budget_s else [])
+            + ([f"--cells {' '.join(repr(c) for c in args.cells)}"] if args.cells else []) + [f"--out {args.out}"]),
+        # the model as first measured (a resume keeps that record, after checking the weights are the same)
+        "model": {**(old_model or {"zoo": "ddpm-fashion-mnist", "key": rec.get("key"), "steps": rec.get("steps"),
                   "train_seconds": round(rec.get("train_seconds", 0), 1), "schedule": cfg.schedule, "prediction": cfg.prediction,
                   "spacing": cfg.spacing, "ddpm_variance": cfg.variance, "ddpm_clip_x0": cfg.clip_x0,
-                  "params": sum(q.numel() for q in model.parameters())},
+                  "params": sum(q.numel() for q in model.parameters())}), "weights_sha256": sha},
+        "resumes": resumes,
         "classifier": "classifier-fashion-mnist",
         "real": {"test_images": len(test), "train_images_for_floor": args.n},
         "machine": {"cpus": os.cpu_count(), "torch_threads": threads, "platform": platform.platform(), "device": "cpu"},
-        "samplers": {**{k: {"name": v[0], "options": v[1]} for k, v in SAMPLERS.items()},
+        "samplers": {**{k: {"name": v[0], "options": v[1]} for k, v in {**SAMPLERS, **CONTROLS}.items()},
                      **{k: {"name": "adaptive", "options": v} for k, v in ADAPTIVE.items()}},
         "dates": sorted(set(result.get("dates", []) + [datetime.date.today().isoformat()])),
         "cells": result.get("cells", []),
@@ -142,15 +173,18 @@ def main() -> None:
     for label, steps in cells:
         if (label, steps) in done:
             continue
-        name, opts = (SAMPLERS[label] if label in SAMPLERS else ("adaptive", ADAPTIVE[label]))
-        if args.budget_s is not None:
-            # seconds per image-call so far; a cell that would end past the budget is not started
-            timed = [c for c in result["cells"] if c["nfe"] > 0]
-            per_call = sum(c["sample_seconds"] for c in timed) / max(sum(c["nfe"] * args.n for c in timed), 1)
-            est = per_call * steps * CALLS_PER_STEP.get(name, 1) * args.n
-            if time.perf_counter() - t_start + est > args.budget_s:
-                result["not_run"].append({"sampler": label, "steps": steps, "estimated_seconds": round(est)})
-                continue
+        name, opts = {**SAMPLERS, **CONTROLS}.get(label) or ("adaptive", ADAPTIVE[label])
+        # seconds per image-call so far, for the estimate of this cell
+        timed = [c for c in result["cells"] if c["nfe"] > 0]
+        per_call = sum(c["sample_seconds"] for c in timed) / max(sum(c["nfe"] * args.n for c in timed), 1)
+        est = per_call * steps * CALLS_PER_STEP.get(name, 1) * args.n
+        if args.cells and f"{label}@{steps}" not in args.cells:  # not chosen this time: still planned
+            result["not_run"].append({"sampler": label, "steps": steps, "estimated_seconds": round(est)})
+            continue
+        if args.budget_s is not None and time.perf_counter() - t_start + est > args.budget_s:
+            # a cell that would end past the budget is not started
+            result["not_run"].append({"sampler": label, "steps": steps, "estimated_seconds": round(est)})
+            continue
         load0 = os.getloadavg()
         counter.n = 0
         t0 = time.perf_counter()
