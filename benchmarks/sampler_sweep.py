@@ -206,7 +206,7 @@ def main() -> None:
     result["fid_floor"] = result["cells"][0]["fid_floor"] if result["cells"] else None  # the same real sets in every cell
     result["total_sampling_seconds"] = round(sum(c["sample_seconds"] for c in result["cells"]), 1)
     out.write_text(json.dumps(result, indent=1))
-    print(f"{len(result['cells'])} cells, {len(result['not_run'])} not run (budget); sampling {result['total_sampling_seconds']} s")
+    print(f"{len(result['cells'])} cells, {len(result['not_run'])} not run; sampling {result['total_sampling_seconds']} s")
 
 
 if __name__ == "__main__":
