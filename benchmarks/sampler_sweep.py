@@ -54,6 +54,7 @@ CALLS_PER_STEP = {"heun": 2, "sde_heun": 2, "pc": 2}  # for the time estimate of
 # Controls for the high-NFE comparison: the model's DDPM clips x̂_0 to [-1, 1] (its recipe's default) and DDIM does not,
 # so "DDPM beats DDIM at 100 steps" mixes stochasticity with clipping; these two cells swap the clipping
 CONTROLS = {"DDIM, x̂₀ clipped": ("ddim", {"clip_x0": 1.0}), "DDPM, x̂₀ not clipped": ("ddpm", {"clip_x0": None})}
+RUNS = {**SAMPLERS, **CONTROLS}  # every fixed-step cell's label -> (SAMPLERS name, options)
 ADAPTIVE = {"adaptive rtol=1e-2": {"rtol": 1e-2, "atol": 1e-2}, "adaptive rtol=1e-3": {"rtol": 1e-3, "atol": 1e-3}}
 
 # (label, steps) in the order they run: every sampler at 10, 20, 50 steps, the adaptive solver, then the longer
@@ -161,7 +162,7 @@ def main() -> None:
         "classifier": "classifier-fashion-mnist",
         "real": {"test_images": len(test), "train_images_for_floor": args.n},
         "machine": {"cpus": os.cpu_count(), "torch_threads": threads, "platform": platform.platform(), "device": "cpu"},
-        "samplers": {**{k: {"name": v[0], "options": v[1]} for k, v in {**SAMPLERS, **CONTROLS}.items()},
+        "samplers": {**{k: {"name": v[0], "options": v[1]} for k, v in RUNS.items()},
                      **{k: {"name": "adaptive", "options": v} for k, v in ADAPTIVE.items()}},
         "dates": sorted(set(result.get("dates", []) + [datetime.date.today().isoformat()])),
         "cells": result.get("cells", []),
@@ -173,16 +174,14 @@ def main() -> None:
     for label, steps in cells:
         if (label, steps) in done:
             continue
-        name, opts = {**SAMPLERS, **CONTROLS}.get(label) or ("adaptive", ADAPTIVE[label])
+        name, opts = RUNS.get(label) or ("adaptive", ADAPTIVE[label])
         # seconds per image-call so far, for the estimate of this cell
         timed = [c for c in result["cells"] if c["nfe"] > 0]
         per_call = sum(c["sample_seconds"] for c in timed) / max(sum(c["nfe"] * args.n for c in timed), 1)
         est = per_call * steps * CALLS_PER_STEP.get(name, 1) * args.n
-        if args.cells and f"{label}@{steps}" not in args.cells:  # not chosen this time: still planned
-            result["not_run"].append({"sampler": label, "steps": steps, "estimated_seconds": round(est)})
-            continue
-        if args.budget_s is not None and time.perf_counter() - t_start + est > args.budget_s:
-            # a cell that would end past the budget is not started
+        not_chosen = args.cells and f"{label}@{steps}" not in args.cells  # still planned, for a later run
+        over_budget = args.budget_s is not None and time.perf_counter() - t_start + est > args.budget_s  # would end past it
+        if not_chosen or over_budget:
             result["not_run"].append({"sampler": label, "steps": steps, "estimated_seconds": round(est)})
             continue
         load0 = os.getloadavg()
