@@ -92,6 +92,23 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def same_samples(recipe, model, meta, pics: dict, args, label: str = "DDIM", steps: int = 10) -> dict:
+    """On a resume: redraw one stored cell (same seed, n and batch size) and compare its first 8 samples with the npz,
+    so the cells measured before and after are shown to come from the same sampling, not only the same weights."""
+    key = f"{label}|{steps}"
+    if key not in pics:
+        return {"cell": key, "max_abs_diff": None}
+    name, opts = RUNS[label]
+    x = recipe.sample(model, meta, args.n, torch.Generator().manual_seed(args.seed), torch.device("cpu"), sampler=name,
+                      steps=steps, batch_size=args.batch_size, **opts)
+    pic = ((x[:8, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    diff = int(np.abs(pic.astype(int) - pics[key].astype(int)).max())
+    if diff > 1:   # uint8 levels; 1 allows a rounding flip from another BLAS
+        raise SystemExit(f"the stored {key} samples differ from a redraw by {diff} grey levels: this machine does not "
+                         "reproduce the sweep so far; give another --out, or delete it to start again")
+    return {"cell": key, "max_abs_diff": diff}
+
+
 class CallCounter:
     """Counts forward calls of a module (one per chunk per model evaluation)."""
 
@@ -146,7 +163,8 @@ def main() -> None:
         raise SystemExit(f"--out {out} was measured on other weights ({old_model['weights_sha256']}) than the zoo's "
                          f"{rec.get('entry', 'ddpm-fashion-mnist')} now ({sha}): give another --out, or delete it to start again")
     resumes = result.get("resumes", []) + ([{"date": datetime.date.today().isoformat(), "weights_sha256": sha,
-                                              "zoo_train_seconds_here": round(rec.get("train_seconds", 0), 1)}] if done else [])
+                                              "zoo_train_seconds_here": round(rec.get("train_seconds", 0), 1),
+                                              "same_samples": same_samples(recipe, model, meta, pics, args)}] if done else [])
     result = {
         "what": __doc__.split("\n\n")[0], **key,
         "command": "python benchmarks/sampler_sweep.py " + " ".join(
