@@ -92,9 +92,11 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def same_samples(recipe, model, meta, pics: dict, args, label: str = "DDIM", steps: int = 10) -> dict:
+def same_samples(recipe, model, meta, pics: dict, args, label: str = "DDIM", steps: int = 10, judge=None) -> dict:
     """On a resume: redraw one stored cell (same seed, n and batch size) and compare its first 8 samples with the npz,
-    so the cells measured before and after are shown to come from the same sampling, not only the same weights."""
+    so the cells measured before and after are shown to come from the same sampling, not only the same weights.
+    ``judge`` = (classifier, f_test, f_train, stored cell): the redrawn cell is also scored, and its FID must equal the
+    stored one (to its 3 stored decimals), so the classifier's features and the real sets are the same too."""
     key = f"{label}|{steps}"
     if key not in pics:
         return {"cell": key, "max_abs_diff": None}
@@ -106,7 +108,14 @@ def same_samples(recipe, model, meta, pics: dict, args, label: str = "DDIM", ste
     if diff > 1:   # uint8 levels; 1 allows a rounding flip from another BLAS
         raise SystemExit(f"the stored {key} samples differ from a redraw by {diff} grey levels: this machine does not "
                          "reproduce the sweep so far; give another --out, or delete it to start again")
-    return {"cell": key, "max_abs_diff": diff}
+    if judge is None:
+        return {"cell": key, "max_abs_diff": diff}
+    clf, f_test, f_train, stored = judge
+    fid = round(fid_report(extract_features(clf, x, device=torch.device("cpu")), f_test, f_train, n_boot=2)["fid"], 3)
+    if abs(fid - stored["fid"]) > 0.0015:
+        raise SystemExit(f"the stored {key} cell scores FID {stored['fid']} and its redraw {fid}: the classifier's features or "
+                         "the real sets differ on this machine; give another --out, or delete it to start again")
+    return {"cell": key, "max_abs_diff": diff, "fid_redrawn": fid, "fid_stored": stored["fid"]}
 
 
 class CallCounter:
@@ -164,7 +173,9 @@ def main() -> None:
                          f"{rec.get('entry', 'ddpm-fashion-mnist')} now ({sha}): give another --out, or delete it to start again")
     resumes = result.get("resumes", []) + ([{"date": datetime.date.today().isoformat(), "weights_sha256": sha,
                                               "zoo_train_seconds_here": round(rec.get("train_seconds", 0), 1),
-                                              "same_samples": same_samples(recipe, model, meta, pics, args)}] if done else [])
+                                              "same_samples": same_samples(recipe, model, meta, pics, args, judge=(
+                                                  clf, f_test, f_train, next((c for c in result["cells"]
+                                                  if (c["sampler"], c["steps"]) == ("DDIM", 10)), None)))}] if done else [])
     result = {
         "what": __doc__.split("\n\n")[0], **key,
         "command": "python benchmarks/sampler_sweep.py " + " ".join(
