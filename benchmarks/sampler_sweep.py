@@ -92,11 +92,12 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def same_samples(recipe, model, meta, pics: dict, args, label: str = "DDIM", steps: int = 10, judge=None) -> dict:
+def same_samples(recipe, model, meta, pics: dict, args, clf, f_test, f_train, cells: list[dict], label: str = "DDIM",
+                 steps: int = 10) -> dict:
     """On a resume: redraw one stored cell (same seed, n and batch size) and compare its first 8 samples with the npz,
-    so the cells measured before and after are shown to come from the same sampling, not only the same weights.
-    ``judge`` = (classifier, f_test, f_train, stored cell): the redrawn cell is also scored, and its FID must equal the
-    stored one (to its 3 stored decimals), so the classifier's features and the real sets are the same too."""
+    so the cells measured before and after are shown to come from the same sampling, not only the same weights; then
+    score the redraw, whose FID must equal the stored cell's (to its 3 stored decimals), so the classifier's features and
+    the real sets are the same too (the classifier is retrained per machine like the model)."""
     key = f"{label}|{steps}"
     if key not in pics:
         return {"cell": key, "max_abs_diff": None}
@@ -108,9 +109,7 @@ def same_samples(recipe, model, meta, pics: dict, args, label: str = "DDIM", ste
     if diff > 1:   # uint8 levels; 1 allows a rounding flip from another BLAS
         raise SystemExit(f"the stored {key} samples differ from a redraw by {diff} grey levels: this machine does not "
                          "reproduce the sweep so far; give another --out, or delete it to start again")
-    if judge is None:
-        return {"cell": key, "max_abs_diff": diff}
-    clf, f_test, f_train, stored = judge
+    stored = next(c for c in cells if (c["sampler"], c["steps"]) == (label, steps))   # in pics, so measured
     fid = round(fid_report(extract_features(clf, x, device=torch.device("cpu")), f_test, f_train, n_boot=2)["fid"], 3)
     if abs(fid - stored["fid"]) > 0.0015:
         raise SystemExit(f"the stored {key} cell scores FID {stored['fid']} and its redraw {fid}: the classifier's features or "
@@ -173,9 +172,8 @@ def main() -> None:
                          f"{rec.get('entry', 'ddpm-fashion-mnist')} now ({sha}): give another --out, or delete it to start again")
     resumes = result.get("resumes", []) + ([{"date": datetime.date.today().isoformat(), "weights_sha256": sha,
                                               "zoo_train_seconds_here": round(rec.get("train_seconds", 0), 1),
-                                              "same_samples": same_samples(recipe, model, meta, pics, args, judge=(
-                                                  clf, f_test, f_train, next((c for c in result["cells"]
-                                                  if (c["sampler"], c["steps"]) == ("DDIM", 10)), None)))}] if done else [])
+                                              "same_samples": same_samples(recipe, model, meta, pics, args, clf, f_test, f_train,
+                                                                            result["cells"])}] if done else [])
     result = {
         "what": __doc__.split("\n\n")[0], **key,
         "command": "python benchmarks/sampler_sweep.py " + " ".join(
